@@ -1,0 +1,141 @@
+"""Step 4, build and export: Relax -> one shared library plus ``manifest.json``.
+
+The library holds the weights and the Relax VM bytecode; the manifest says
+what it expects (input name, shape, dtype), what it returns, and how it was
+made (target, TVM version, tuning database digest), so the runtime can check
+its input without TVM's compiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tvm_shuffle import passes, targets
+from tvm_shuffle.errors import UserError
+from tvm_shuffle.frontends import Imported
+from tvm_shuffle.targets import TargetSpec
+from tvm_shuffle import tvm_compat
+from tvm_shuffle.tvm_compat import TVM_VERSION, cc, dlight, relax, tvm
+
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def tir_passes(spec: TargetSpec) -> list:
+    """Relax -> fused, unscheduled TIR kernels: the tasks the tuner sees.
+
+    The CPU legalization list on every target: CUDA's own list also applies
+    dlight, which must run after tuned schedules are applied, not before.
+    """
+    target = spec.tvm_target()
+    cpu = tvm_compat.backend_pipeline(tvm_compat.make_target({"kind": "llvm"}))
+    return [*cpu.library_dispatch_passes(target), *cpu.legalize_passes(target)]
+
+
+def lower(mod: "tvm.IRModule", spec: TargetSpec) -> "tvm.IRModule":
+    """Apply :func:`tir_passes` under the target."""
+    with spec.tvm_target():
+        return tvm.transform.Sequential(tir_passes(spec))(mod)
+
+
+def schedule_passes(spec: TargetSpec, *, database=None) -> list:
+    """Tuned schedules from ``database`` first, then default ones for what is left."""
+    passes_ = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database is not None else []
+    if spec.family == "cuda":
+        # GPU kernels need thread bindings; dlight's rules give every kernel one.
+        passes_.append(dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                                                   dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()))
+    return passes_
+
+
+def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":
+    """Compile an optimized Relax module; ``database`` applies tuned schedules."""
+    target = spec.tvm_target()
+    backend = tvm_compat.backend_pipeline(target)
+    pipeline = tvm.transform.Sequential([
+        *tir_passes(spec),
+        *schedule_passes(spec, database=database),
+        *backend.dataflow_lower_passes(target),
+        *backend.finalize_passes(target),
+    ])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(target)
+        stack.enter_context(tvm.transform.PassContext(opt_level=3))
+        if database is not None:
+            stack.enter_context(database)
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+
+def export(executable, spec: TargetSpec, out_dir: str | os.PathLike) -> Path:
+    """Write the library for the spec's architecture (cross-compiling when needed)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output directory {out_dir}: {err.strerror}") from None
+    path = out_dir / LIBRARY
+    compiler = targets.require_cross_compiler(spec)
+    if compiler:
+        executable.export_library(str(path), fcompile=cc.cross_compiler(compiler))
+    else:
+        executable.export_library(str(path))
+    return path
+
+
+def output_signature(mod: "tvm.IRModule") -> list[dict[str, Any]]:
+    """Name, shape and dtype of each value ``main`` returns (a tuple is flattened)."""
+    ret = mod["main"].ret_ty
+    fields = ret.fields if isinstance(ret, tvm.ir.TupleType) else [ret]
+    return [{"name": f"output{i}", "shape": [int(d) for d in f.shape], "dtype": str(f.dtype)}
+            for i, f in enumerate(fields)]
+
+
+def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuffle: str,
+             build_seconds: float, database_digest: str | None = None) -> dict[str, Any]:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "model": imported.name,
+        "source": imported.source,
+        "library": LIBRARY,
+        "inputs": [{"name": imported.input_name, "shape": list(imported.input_shape),
+                    "dtype": imported.input_dtype}],
+        "outputs": output_signature(mod),
+        "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "host": spec.host,
+                   "arch": spec.runtime_arch},
+        "shuffle": shuffle,
+        "tuned": database_digest is not None,
+        "tuning_database_digest": database_digest,
+        "tvm_version": TVM_VERSION,
+        "built_on": platform.node(),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(build_seconds, 3),
+    }
+
+
+def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.PathLike, *,
+                     shuffle: str = "fused", database=None, database_digest: str | None = None,
+                     verbose: bool = False) -> Path:
+    """Optimize, build and export; returns the output directory."""
+    start = time.perf_counter()
+    mod = passes.optimize(imported.mod, shuffle=shuffle)
+    if verbose:
+        print(passes.describe_change(imported.mod, mod), file=sys.stderr)
+    executable = build(mod, spec, database=database)
+    library = export(executable, spec, out_dir)
+    info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
+                    database_digest=database_digest)
+    (library.parent / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return library.parent
+
+
+__all__ = ["LIBRARY", "MANIFEST", "tir_passes", "lower", "schedule_passes", "build", "export", "manifest", "compile_imported",
+           "output_signature"]

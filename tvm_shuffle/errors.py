@@ -1,0 +1,36 @@
+"""One error type for everything a user can get wrong.
+
+CLIs catch :class:`UserError` and print its message as one line with a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """Bad input: a missing file, an unknown name, a wrong shape."""
+
+
+def unknown_name(kind: str, name: str, valid: Sequence[str]) -> UserError:
+    return UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a ``main(argv) -> int`` so user errors print one line and exit 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapped

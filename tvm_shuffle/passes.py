@@ -1,0 +1,111 @@
+"""Step 2, graph passes on Relax before lowering to TIR.
+
+``optimize`` is the whole sequence; each pass is usable (and tested) alone.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from tvm_shuffle.tvm_compat import relax, tvm
+
+SHUFFLE_MODES = ("fused", "stock")
+
+
+def _bn_fold_pattern():
+    from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, wildcard
+
+    weight = is_const()
+    conv = is_op("relax.nn.conv2d")(wildcard(), weight)
+    conv_bias = is_const()
+    biased = is_op("relax.add")(conv, conv_bias)
+    stats = [is_const() for _ in range(4)]  # gamma, beta, mean, var
+    bn = is_op("relax.nn.batch_norm")(conv | biased, *stats)
+    return TupleGetItemPattern(bn, 0), conv, weight, conv_bias, bn, stats
+
+
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """A constant broadcast along axis 1 of NCHW as a (C,) vector, else None."""
+    if value.size == 1:
+        return np.full(channels, value.reshape(()), dtype=value.dtype)
+    if value.size == channels and value.shape in ((channels,), (1, channels, 1, 1), (channels, 1, 1)):
+        return value.reshape(channels)
+    return None
+
+
+def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Fold inference BatchNorm into the preceding conv's weights and bias.
+
+    Matches ``batch_norm(conv2d(x, W))`` (torch.export) and
+    ``batch_norm(conv2d(x, W) + b)`` (ONNX Conv with bias), all parameters
+    constant, and emits ``conv2d(x, W * s) + b'`` with ``s = gamma /
+    sqrt(var + eps)``, ``b' = (b - mean) * s + beta``, computed in float64 so
+    the folded model rounds once. Relax's own ``FoldBatchnormToConv2D`` only
+    knows the bias-free form.
+    """
+    from tvm.relax.dpl import rewrite_call
+
+    pattern, conv_p, weight_p, bias_p, bn_p, stats_p = _bn_fold_pattern()
+
+    def rewrite(expr, matches):
+        conv = matches[conv_p]
+        if conv.attrs.data_layout != "NCHW" or conv.attrs.kernel_layout != "OIHW":
+            return expr
+        weight = matches[weight_p].value.numpy()
+        channels = weight.shape[0]
+        gamma, beta, mean, var = (matches[p].value.numpy().astype(np.float64) for p in stats_p)
+        bias = np.zeros(channels) if bias_p not in matches else _per_channel(matches[bias_p].value.numpy(), channels)
+        if bias is None or any(v.shape != (channels,) for v in (gamma, beta, mean, var)):
+            return expr
+        bn_attrs = matches[bn_p].attrs
+        scale = (gamma if bn_attrs.scale else 1.0) / np.sqrt(var + float(bn_attrs.epsilon))
+        shift = (bias - mean) * scale + (beta if bn_attrs.center else 0.0)
+        dtype = weight.dtype
+        new_weight = (weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(dtype)
+        new_conv = relax.Call(conv.op, [conv.args[0], relax.const(new_weight)], conv.attrs)
+        return relax.op.add(new_conv, relax.const(shift.astype(dtype).reshape(1, channels, 1, 1)))
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = rewrite_call(pattern, rewrite, func)
+    return out
+
+
+def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused") -> "tvm.IRModule":
+    """Graph passes in order: constant folding, BN folding, channel-shuffle fusion."""
+    if shuffle not in SHUFFLE_MODES:
+        raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, not {shuffle!r}")
+    seq = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()])
+    mod = seq(mod)
+    mod = fold_batchnorm(mod)
+    # Anything BN folding left (a BN not after a conv) becomes elementwise math.
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
+                                    relax.transform.DeadCodeElimination()])(mod)
+    if shuffle == "fused":
+        from tvm_shuffle.schedules import fuse_shuffles
+
+        mod = fuse_shuffles(mod)
+    return mod
+
+
+def op_histogram(mod: "tvm.IRModule", func: str = "main") -> collections.Counter:
+    """How many calls of each Relax operator ``func`` makes (for tests and verbose output)."""
+    counts: collections.Counter = collections.Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name] += 1
+
+    relax.analysis.post_order_visit(mod[func].body, visit)
+    return counts
+
+
+def describe_change(before: "tvm.IRModule", after: "tvm.IRModule") -> str:
+    """One line per operator whose count the graph passes changed."""
+    old, new = op_histogram(before), op_histogram(after)
+    lines = [f"  {op}: {old[op]} -> {new[op]}" for op in sorted(set(old) | set(new)) if old[op] != new[op]]
+    return "graph passes:\n" + ("\n".join(lines) if lines else "  no change")

@@ -1,0 +1,174 @@
+"""Step 5, run: load an exported library with only the TVM runtime.
+
+This module imports neither torch, onnx nor TVM's compiler: it loads
+``libtvm_runtime.so`` (for the Relax VM) through ``tvm_ffi``, so it works in a
+process that ships just the runtime libraries::
+
+    model = tvm_shuffle.runtime.load("out/")
+    logits = model(image)            # numpy in, list of numpy arrays out
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tvm_shuffle.errors import UserError
+
+MANIFEST = "manifest.json"
+_KDL_CPU = 1
+_POOLED_ALLOCATOR = 2
+_MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def _import_tvm_ffi():
+    """Import ``tvm_ffi`` without letting it pull in torch.
+
+    tvm_ffi imports torch eagerly when it is installed (seconds, and a
+    dependency a deployed app should not have); we hand it numpy arrays only.
+    """
+    if "tvm_ffi" in sys.modules or "torch" in sys.modules:
+        import tvm_ffi
+
+        return tvm_ffi
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tvm_ffi
+    finally:
+        del sys.modules["torch"]
+    return tvm_ffi
+
+
+def _runtime_library() -> str:
+    """Path of ``libtvm_runtime.so``: ``TVM_RUNTIME_LIB``, else the apache-tvm wheel's."""
+    explicit = os.environ.get("TVM_RUNTIME_LIB")
+    if explicit:
+        return explicit
+    spec = importlib.util.find_spec("tvm")  # locates the package without importing the compiler
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("TVM runtime not found: install apache-tvm or set TVM_RUNTIME_LIB to libtvm_runtime.so")
+    return os.path.join(spec.submodule_search_locations[0], "lib", "libtvm_runtime.so")
+
+
+_RUNTIME_LOADED = False
+
+
+def _load_runtime() -> Any:
+    global _RUNTIME_LOADED
+    tvm_ffi = _import_tvm_ffi()
+    # libtvm.so (the compiler, loaded by `import tvm`) already contains the
+    # runtime; loading libtvm_runtime.so beside it registers everything twice.
+    if not _RUNTIME_LOADED and "tvm" not in sys.modules:
+        path = _runtime_library()
+        try:
+            # RTLD_GLOBAL: the runtime registers the Relax VM loader in tvm_ffi's global table.
+            ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            raise UserError(f"cannot load the TVM runtime {path}: {err}") from None
+        _RUNTIME_LOADED = True
+    return tvm_ffi
+
+
+class Model:
+    """A compiled model: call it with a numpy array, get a list of numpy arrays."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]):
+        self.directory = directory
+        self.manifest = manifest
+        (self._input,) = manifest["inputs"]
+        tvm_ffi = _load_runtime()
+        library = directory / manifest["library"]
+        try:
+            module = tvm_ffi.load_module(str(library))
+            self._vm = module["vm_load_executable"]()
+        except Exception as err:
+            raise UserError(f"cannot load {library}: {str(err).strip().splitlines()[0]}") from None
+        # One (device type, id, allocator) triple for the compute device and one for the host.
+        self._vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
+        self._main = self._vm["main"]
+        self._from_dlpack = tvm_ffi.from_dlpack
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self._input["shape"])
+
+    @property
+    def input_dtype(self) -> str:
+        return self._input["dtype"]
+
+    def check_input(self, array: np.ndarray) -> np.ndarray:
+        if not isinstance(array, np.ndarray):
+            raise UserError(f"input must be a numpy array, not {type(array).__name__}")
+        if array.dtype != np.dtype(self.input_dtype):
+            raise UserError(f"input dtype {array.dtype} does not match the model's {self.input_dtype} "
+                            f"(use array.astype('{self.input_dtype}'))")
+        if tuple(array.shape) != self.input_shape:
+            raise UserError(f"input shape {tuple(array.shape)} does not match the model's {self.input_shape}")
+        return np.ascontiguousarray(array)
+
+    def __call__(self, array: np.ndarray) -> list[np.ndarray]:
+        result = self._main(self._from_dlpack(self.check_input(array)))
+        outputs = list(result) if not hasattr(result, "__dlpack__") else [result]
+        return [np.from_dlpack(o).copy() for o in outputs]
+
+    def benchmark(self, array: np.ndarray, *, warmup: int = 5, repeat: int = 50) -> list[float]:
+        """Seconds per call for ``repeat`` calls after ``warmup`` untimed ones."""
+        import time
+
+        tensor = self._from_dlpack(self.check_input(array))
+        for _ in range(warmup):
+            self._main(tensor)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self._main(tensor)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The bundle directory and its parsed manifest; ``path`` is the directory or any file in it."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"no {MANIFEST} in {directory}: is this a tvm_shuffle output directory?")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest["inputs"], manifest["library"], manifest["target"]["arch"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{manifest_path} is not a valid tvm_shuffle manifest: {err}") from None
+    if not (directory / manifest["library"]).is_file():
+        raise UserError(f"{manifest_path} names {manifest['library']}, which is not in {directory}")
+    return directory, manifest
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return _MACHINE_ALIASES.get(machine, machine)
+
+
+def load(path: str | os.PathLike, *, check_arch: bool = True) -> Model:
+    """Load a ``compile``/``tune`` output directory (or its ``model.so``)."""
+    directory, manifest = read_manifest(path)
+    if manifest["target"]["family"] == "cuda":
+        raise UserError(f"{directory} was built for CUDA ({manifest['target']['name']}); "
+                        "load it with the C++ API on a GPU machine")
+    arch = manifest["target"]["arch"]
+    if check_arch and arch != host_arch():
+        raise UserError(f"{directory} was built for {arch} ({manifest['target']['name']}); this machine is {host_arch()}")
+    return Model(directory, manifest)
+
+
+def run(path: str | os.PathLike, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """One-shot convenience: load and call."""
+    array = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+    return load(path)(array)

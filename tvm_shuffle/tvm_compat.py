@@ -1,0 +1,55 @@
+"""The one place that knows where TVM keeps things.
+
+TVM moves modules between releases (0.27: ``tvm.meta_schedule`` became
+``tvm.s_tir.meta_schedule``, ``tvm.tir`` became ``tvm.tirx``, ``tvm.contrib.cc``
+became ``tvm.support.cc``). Everything else in tvm_shuffle imports TVM's
+compiler through this module, so an upgrade is one file.
+
+Verified with apache-tvm 0.27.0.post1 + apache-tvm-ffi 0.1.14.post1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.relax.frontend.torch import from_exported_program
+from tvm.s_tir import dlight
+from tvm.s_tir import meta_schedule as ms
+from tvm.support import cc
+from tvm import tirx as tir
+
+VERIFIED_TVM = "0.27.0.post1"
+TVM_VERSION = tvm.__version__
+
+__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "from_onnx", "from_exported_program",
+           "make_target", "llvm_host_cpu", "backend_pipeline", "onnx_supported_ops", "TVM_VERSION", "VERIFIED_TVM"]
+
+
+def make_target(target: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> "tvm.target.Target":
+    """A ``tvm.target.Target`` from a target dict (0.27 rejects ``"llvm -mcpu=x"`` strings)."""
+    if host is not None:
+        return tvm.target.Target(dict(target), host=dict(host))
+    return tvm.target.Target(dict(target))
+
+
+def backend_pipeline(target: "tvm.target.Target"):
+    """The module with a backend's pass lists (its ``__init__`` omits ``dataflow_lower_passes``)."""
+    import importlib
+
+    backend = "cuda" if target.kind.name == "cuda" else "cpu_generic"
+    return importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+
+
+def onnx_supported_ops() -> frozenset[str]:
+    """ONNX op types the Relax ONNX importer converts (a private table in 0.27)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return frozenset(_get_convert_map())
+
+
+def llvm_host_cpu() -> str:
+    """LLVM's name for the CPU we run on (``generic`` when it cannot tell)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
