@@ -63,7 +63,7 @@ def from_torch_module(module, input_shape: Sequence[int], *, name: str = "model"
 
 
 def from_pt2(path: str | os.PathLike, *, input_shape: Sequence[int] | None = None) -> Imported:
-    """A program saved with ``torch.export.save``; re-exported when the shape changes."""
+    """A program saved with ``torch.export.save`` (its input shape is fixed at export)."""
     import torch
 
     path = _existing_file(path, "PyTorch program")
@@ -73,8 +73,9 @@ def from_pt2(path: str | os.PathLike, *, input_shape: Sequence[int] | None = Non
         raise UserError(f"{path} is not a torch.export program (.pt2): {_first_line(err)}") from None
     saved_shape = _placeholder_shapes(program)[0]
     if input_shape is not None and tuple(input_shape) != saved_shape:
-        with torch.no_grad():
-            program = _export(program.module(), torch.randn(*input_shape))
+        # The traced graph bakes shapes into its views, so it cannot be re-traced.
+        raise UserError(f"{path} was exported for input shape {saved_shape}, not {tuple(input_shape)}; "
+                        "export it again with torch.export for the shape you need")
     return _from_program(program, name=path.stem, source="pt2")
 
 
@@ -98,12 +99,79 @@ def from_onnx_file(path: str | os.PathLike, *, input_shape: Sequence[int] | None
     if shape is None or any(d is None for d in shape):
         raise UserError(f"{path}: input {input_name!r} has a dynamic shape {file_shape}; pass --input-shape N,C,H,W")
     _check_supported_ops(model, path)
+    model = fold_shape_computations(model, {input_name: shape})
     try:
         mod = tvm_compat.from_onnx(model, shape_dict={input_name: list(shape)}, keep_params_in_input=False)
     except Exception as err:
         raise UserError(f"TVM could not import {path}: {_first_line(err)}") from None
     return Imported(mod=mod, name=path.stem, source="onnx", input_name=input_name, input_shape=shape,
                     input_dtype=_onnx_dtype(model))
+
+
+def fold_shape_computations(model, input_shapes: dict[str, Sequence[int]]):
+    """Evaluate every ONNX node whose inputs are known at compile time.
+
+    Classic exporters compute slice bounds at run time (``Shape -> Gather ->
+    Div -> Slice`` for ``chunk``); with a static input shape those are
+    constants, and TVM's importer otherwise emits ``dynamic_strided_slice``
+    with unknown output shapes that nothing downstream can lower.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper, reference, shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        if value.name in input_shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    static = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.input, *model.graph.value_info] if v.type.HasField("tensor_type")}
+    known = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        value = _constant_value(node, known, static, np, numpy_helper, reference, onnx)
+        if value is None:
+            kept.append(node)
+        else:
+            known.update(zip(node.output, value))
+    if len(kept) == len(model.graph.node):
+        return model
+    used = {name for node in kept for name in node.input} | {o.name for o in model.graph.output}
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in known.items() if k in used)
+    return model
+
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def _constant_value(node, known, static, np, numpy_helper, reference, onnx):
+    """The outputs of ``node`` when they follow from constants and static shapes, else None."""
+    if node.op_type == "Shape" and node.input[0] not in known:
+        dims = static.get(node.input[0])
+        if not dims or None in dims or node.attribute:  # start/end attributes: leave to TVM
+            return None
+        return [np.array(dims, dtype=np.int64)]
+    if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
+        return None
+    if any(name and name not in known for name in node.input):
+        return None
+    inputs = [name for name in node.input if name]
+    graph = onnx.helper.make_graph(
+        [node], "fold", [],
+        [onnx.helper.make_empty_tensor_value_info(o) for o in node.output],
+        [numpy_helper.from_array(np.asarray(known[name]), name) for name in inputs])
+    try:
+        return reference.ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, {})
+    except Exception:  # an op the reference evaluator lacks: TVM gets it as it is
+        return None
 
 
 def load(*, model: str | None = None, onnx: str | None = None, torch: str | None = None,

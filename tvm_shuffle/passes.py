@@ -47,6 +47,7 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
     """
     from tvm.relax.dpl import rewrite_call
 
+    mod = relax.transform.FoldConstant()(mod)  # conv biases arrive as reshape(const)
     pattern, conv_p, weight_p, bias_p, bn_p, stats_p = _bn_fold_pattern()
 
     def rewrite(expr, matches):

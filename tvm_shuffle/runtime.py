@@ -27,6 +27,18 @@ MANIFEST = "manifest.json"
 _KDL_CPU = 1
 _POOLED_ALLOCATOR = 2
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+# TVM's kernels assume kAllocAlignment (64-byte) buffers and use aligned vector
+# loads; a numpy array is only 16-byte aligned, which crashes AVX-512 code.
+ALIGNMENT = 64
+
+
+def aligned_copy(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
+    """A C-contiguous copy of ``array`` whose data starts on an ``alignment`` boundary."""
+    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    out = raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
 
 
 def _import_tvm_ffi():
@@ -112,7 +124,9 @@ class Model:
                             f"(use array.astype('{self.input_dtype}'))")
         if tuple(array.shape) != self.input_shape:
             raise UserError(f"input shape {tuple(array.shape)} does not match the model's {self.input_shape}")
-        return np.ascontiguousarray(array)
+        if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
+            return array
+        return aligned_copy(array)
 
     def __call__(self, array: np.ndarray) -> list[np.ndarray]:
         result = self._main(self._from_dlpack(self.check_input(array)))
