@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tvm_shuffle.models import channel_shuffle, randomize_batchnorm
+
 TINY_SHAPE = (1, 3, 16, 16)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
 
 
 class TinyShuffleUnit(torch.nn.Module):
@@ -36,23 +33,10 @@ class TinyShuffleUnit(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def randomize_bn(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics, so folding them is really exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    for bn in module.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            n = bn.num_features
-            bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            bn.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            bn.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            bn.bias.data.copy_(torch.randn(n, generator=gen) * 0.5)
-    return module
-
-
 @pytest.fixture
 def tiny_module() -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomize_bn(TinyShuffleUnit()).eval()
+    return randomize_batchnorm(TinyShuffleUnit()).eval()
 
 
 @pytest.fixture
