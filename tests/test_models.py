@@ -241,3 +241,12 @@ def test_cli_table(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["name", "family", "groups", "width"]
     assert all(name in out for name in MODELS)
+
+
+def test_default_weights_are_the_same_in_every_process():
+    """The compiler and the numerics check build the model separately; they must agree."""
+    torch.manual_seed(123)
+    a = build_model("shufflenet_v2_x0_5").state_dict()
+    torch.manual_seed(456)
+    b = build_model("shufflenet_v2_x0_5").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

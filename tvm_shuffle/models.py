@@ -280,13 +280,17 @@ def build_model(name: str, *, weights: str | os.PathLike | None = None, num_clas
     ``weights`` is a file saved with ``torch.save`` holding a state_dict (or a
     checkpoint dict with one under ``"state_dict"``); it must match the model
     exactly (``strict=True``). Any problem with it is a one-line :class:`UserError`.
-    Without ``weights`` the parameters keep PyTorch's default random init.
+    Without ``weights`` the parameters are PyTorch's default random init drawn
+    from a fixed seed, so every process (compiler, runtime check, report
+    peers) builds the same network.
     """
     spec = get_spec(name)
-    if spec.family == "v2":
-        model = ShuffleNetV2(spec.stage_channels, spec.stage_repeats, num_classes)
-    else:
-        model = ShuffleNetV1(spec.stage_channels, spec.groups, spec.stage_repeats, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if spec.family == "v2":
+            model = ShuffleNetV2(spec.stage_channels, spec.stage_repeats, num_classes)
+        else:
+            model = ShuffleNetV1(spec.stage_channels, spec.groups, spec.stage_repeats, num_classes)
     if weights is not None:
         state = _with_bn_counters(_read_state_dict(Path(weights)), model.state_dict())
         problem = _state_dict_mismatch(model.state_dict(), state)
