@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from typing import Sequence
 
@@ -43,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from tvm_shuffle import models, runtime
+    from tvm_shuffle.timing import measure, median_ms
 
     torch.set_num_threads(args.threads)
     module = models.build_model(args.model)
@@ -50,27 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype("float32")
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
-        torch_times = _time(lambda: module(torch.from_numpy(x)))
+        torch_times = measure(lambda: module(torch.from_numpy(x)), warmup=3, repeat=20)
     error = float(np.abs(model(x)[0] - expected).max())
-    tvm_ms = statistics.median(model.benchmark(x, warmup=3, repeat=20)) * 1e3
-    torch_ms = statistics.median(torch_times) * 1e3
+    tvm_ms = median_ms(model.benchmark(x, warmup=3, repeat=20))
+    torch_ms = median_ms(torch_times)
     print(f"numerics vs PyTorch: max abs error {error:.2e} ({'ok' if error < TOLERANCE else 'MISMATCH'})")
     print(f"latency, {args.threads} threads, median of 20: tvm_shuffle {tvm_ms:.2f} ms, "
           f"PyTorch eager {torch_ms:.2f} ms ({torch_ms / tvm_ms:.2f}x)")
     return 0 if error < TOLERANCE else 1
-
-
-def _time(fn, warmup: int = 3, repeat: int = 20) -> list[float]:
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 if __name__ == "__main__":

@@ -135,17 +135,10 @@ class Model:
 
     def benchmark(self, array: np.ndarray, *, warmup: int = 5, repeat: int = 50) -> list[float]:
         """Seconds per call for ``repeat`` calls after ``warmup`` untimed ones."""
-        import time
+        from tvm_shuffle.timing import measure
 
         tensor = self._from_dlpack(self.check_input(array))
-        for _ in range(warmup):
-            self._main(tensor)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._main(tensor)
-            times.append(time.perf_counter() - start)
-        return times
+        return measure(lambda: self._main(tensor), warmup=warmup, repeat=repeat)
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
