@@ -189,3 +189,23 @@ def test_bad_input_shape_text(text):
 def test_unknown_target_lists_valid_ones():
     with pytest.raises(UserError, match=r"unknown target 'riscv'; valid targets: .*arm.*x86"):
         targets.get("riscv")
+
+
+def test_inference_imports_neither_torch_onnx_nor_the_compiler(tiny_module, tiny_input, tmp_path):
+    import subprocess
+    import sys
+
+    imported = frontends.from_torch_module(tiny_module, tiny_input.shape)
+    out = build.compile_imported(imported, X86, tmp_path)
+    np.save(tmp_path / "x.npy", tiny_input)
+    script = (
+        "import sys, numpy as np\n"
+        "from tvm_shuffle import runtime\n"
+        f"(y,) = runtime.load({str(out)!r})(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'tvm') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), torch_reference(tiny_module, tiny_input),
+                               atol=ATOL, rtol=RTOL)
