@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tvm_shuffle import passes, targets
+from tvm_shuffle import bundle, passes, targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
@@ -60,18 +60,22 @@ def schedule_passes(spec: TargetSpec, *, database=None) -> list:
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":
     """Compile an optimized Relax module; ``database`` applies tuned schedules."""
     target = spec.tvm_target()
+    if spec.family == "cuda":
+        from tvm_shuffle.tuning import cuda_codegen
+
+        cuda_codegen.enable_device_code()  # without it a GPU-less machine exports CUDA source, not kernels
     backend = tvm_compat.backend_pipeline(target)
-    pipeline = tvm.transform.Sequential([
-        *tir_passes(spec),
-        *schedule_passes(spec, database=database),
-        *backend.dataflow_lower_passes(target),
-        *backend.finalize_passes(target),
-    ])
     with contextlib.ExitStack() as stack:
-        stack.enter_context(target)
+        stack.enter_context(target)  # MetaScheduleApplyDatabase reads the target when it is created
         stack.enter_context(tvm.transform.PassContext(opt_level=3))
         if database is not None:
             stack.enter_context(database)
+        pipeline = tvm.transform.Sequential([
+            *tir_passes(spec),
+            *schedule_passes(spec, database=database),
+            *backend.dataflow_lower_passes(target),
+            *backend.finalize_passes(target),
+        ])
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
@@ -124,7 +128,7 @@ def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuff
 def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.PathLike, *,
                      shuffle: str = "fused", database=None, database_digest: str | None = None,
                      verbose: bool = False) -> Path:
-    """Optimize, build and export; returns the output directory."""
+    """Optimize, build, export and bundle (:func:`tvm_shuffle.bundle.make_bundle`); returns the output directory."""
     start = time.perf_counter()
     mod = passes.optimize(imported.mod, shuffle=shuffle)
     if verbose:
@@ -134,6 +138,7 @@ def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.Pat
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
                     database_digest=database_digest)
     (library.parent / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    bundle.make_bundle(library.parent, spec)  # runtime, headers, examples: the directory ships as it is
     return library.parent
 
 

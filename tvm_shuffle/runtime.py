@@ -59,11 +59,13 @@ def _import_tvm_ffi():
     return tvm_ffi
 
 
-def _runtime_library() -> str:
-    """Path of ``libtvm_runtime.so``: ``TVM_RUNTIME_LIB``, else the apache-tvm wheel's."""
+def _runtime_library(bundled: Sequence[Path]) -> str:
+    """Path of ``libtvm_runtime.so``: ``TVM_RUNTIME_LIB``, else the bundle's copy, else the apache-tvm wheel's."""
     explicit = os.environ.get("TVM_RUNTIME_LIB")
     if explicit:
         return explicit
+    if bundled:
+        return str(bundled[0])
     spec = importlib.util.find_spec("tvm")  # locates the package without importing the compiler
     if spec is None or not spec.submodule_search_locations:
         raise UserError("TVM runtime not found: install apache-tvm or set TVM_RUNTIME_LIB to libtvm_runtime.so")
@@ -73,13 +75,13 @@ def _runtime_library() -> str:
 _RUNTIME_LOADED = False
 
 
-def _load_runtime() -> Any:
+def _load_runtime(bundled: Sequence[Path] = ()) -> Any:
     global _RUNTIME_LOADED
     tvm_ffi = _import_tvm_ffi()
     # libtvm.so (the compiler, loaded by `import tvm`) already contains the
     # runtime; loading libtvm_runtime.so beside it registers everything twice.
     if not _RUNTIME_LOADED and "tvm" not in sys.modules:
-        path = _runtime_library()
+        path = _runtime_library(bundled)
         try:
             # RTLD_GLOBAL: the runtime registers the Relax VM loader in tvm_ffi's global table.
             ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
@@ -92,11 +94,11 @@ def _load_runtime() -> Any:
 class Model:
     """A compiled model: call it with a numpy array, get a list of numpy arrays."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]):
+    def __init__(self, directory: Path, manifest: dict[str, Any], runtime_libraries: Sequence[Path] = ()):
         self.directory = directory
         self.manifest = manifest
         (self._input,) = manifest["inputs"]
-        tvm_ffi = _load_runtime()
+        tvm_ffi = _load_runtime(runtime_libraries)
         library = directory / manifest["library"]
         try:
             module = tvm_ffi.load_module(str(library))
@@ -172,7 +174,10 @@ def load(path: str | os.PathLike, *, check_arch: bool = True) -> Model:
     arch = manifest["target"]["arch"]
     if check_arch and arch != host_arch():
         raise UserError(f"{directory} was built for {arch} ({manifest['target']['name']}); this machine is {host_arch()}")
-    return Model(directory, manifest)
+    from tvm_shuffle import bundle  # not at the top: bundle imports this module
+
+    bundle.check(directory, manifest)
+    return Model(directory, manifest, bundle.runtime_libraries(directory, manifest))
 
 
 def run(path: str | os.PathLike, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

@@ -17,14 +17,20 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.torch import from_exported_program
 from tvm.s_tir import dlight
+from tvm.ir.utils import derived_object  # tvm.meta_schedule.utils in older releases
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
+from tvm.s_tir import Schedule  # tvm.tir.Schedule before 0.27
+from tvm import te, topi
+from tvm import sym as arith  # tvm.arith before 0.27
 from tvm.support import cc
 from tvm import tirx as tir
 
 VERIFIED_TVM = "0.27.0.post1"
+Constant = tvm.ir.expr.GenericConst  # relax.Constant before 0.27
 TVM_VERSION = tvm.__version__
 
-__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "from_onnx", "from_exported_program",
+__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Constant", "derived_object", "from_onnx", "from_exported_program",
            "make_target", "llvm_host_cpu", "backend_pipeline", "onnx_supported_ops", "TVM_VERSION", "VERIFIED_TVM"]
 
 
