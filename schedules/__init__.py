@@ -1,8 +1,67 @@
-"""Channel-shuffle detection, fusion and the schedules of the fused kernels."""
+"""Channel-shuffle detection, fusion and the schedules of the fused kernels.
+
+Laid out like TVM's dlight rules:
+
+* :mod:`.detect` finds channel shuffles (an analysis; it rewrites nothing);
+* :mod:`.fuse` removes them, and the splits and concats around them, from
+  the graph (:func:`fuse_shuffles`, called by ``passes.optimize``);
+* :mod:`.kernels` defines the convolutions that read through a gather;
+* :mod:`.cpu` holds the default schedules of the convolutions (stock and
+  gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`.
+  CUDA kernels get ``tvm.s_tir.dlight``'s GPU rules (see ``build.py``).
+"""
 
 from __future__ import annotations
 
+from tvm_shuffle.schedules.detect import ChannelMap, ShuffleMatch, analyze, find_shuffles
+from tvm_shuffle.schedules.fuse import FusionReport, fuse_shuffles, report_stock
 
-def fuse_shuffles(mod):
-    """Placeholder until the fused-shuffle rewrite lands: returns ``mod`` unchanged."""
-    return mod
+__all__ = ["ChannelMap", "ShuffleMatch", "analyze", "find_shuffles", "FusionReport", "fuse_shuffles", "report_stock",
+           "default_schedule_passes", "default_schedule", "default_candidates"]
+
+CPU_FAMILIES = ("x86", "arm")
+
+
+def default_schedule_passes(spec) -> list:
+    """Passes that schedule, for ``spec``'s target family, every kernel no earlier pass scheduled.
+
+    Run them after ``MetaScheduleApplyDatabase`` (tuned kernels are marked
+    scheduled and skipped) and under the target. Empty for families without
+    rules here.
+    """
+    if spec.family not in CPU_FAMILIES:
+        return []
+    from tvm_shuffle.schedules import cpu
+    from tvm_shuffle.tvm_compat import dlight
+
+    return [dlight.ApplyDefaultSchedule(*cpu.default_rules())]
+
+
+def default_schedule(func, target):
+    """The default schedule of one PrimFunc (a ``Schedule``), or None when no rule applies."""
+    from tvm_shuffle.schedules import cpu
+
+    if target.kind.name != "llvm":
+        return None
+    for rule in cpu.default_rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return sch
+    return None
+
+
+def default_candidates(task_mod, target) -> list:
+    """The default schedule of a tuning task as MetaSchedule measure candidates (empty if none).
+
+    A search strategy that measures these first puts them in the database,
+    where the evolutionary search picks its initial population from, so
+    tuning starts from the default schedules and the build keeps them
+    wherever tuning finds nothing faster.
+    """
+    from tvm_shuffle.tvm_compat import ms
+
+    func = task_mod["main"]
+    sch = default_schedule(func, target)
+    if sch is None:
+        return []
+    return [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(func))]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tvm_shuffle import bundle, passes, targets
+from tvm_shuffle import bundle, passes, schedules, targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
@@ -54,6 +54,7 @@ def schedule_passes(spec: TargetSpec, *, database=None) -> list:
         # GPU kernels need thread bindings; dlight's rules give every kernel one.
         passes_.append(dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
                                                    dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()))
+    passes_ += schedules.default_schedule_passes(spec)  # CPU convolutions: tiled, vectorized, parallel
     return passes_
 
 
@@ -130,9 +131,11 @@ def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.Pat
                      verbose: bool = False) -> Path:
     """Optimize, build, export and bundle (:func:`tvm_shuffle.bundle.make_bundle`); returns the output directory."""
     start = time.perf_counter()
-    mod = passes.optimize(imported.mod, shuffle=shuffle)
+    report = schedules.FusionReport()
+    mod = passes.optimize(imported.mod, shuffle=shuffle, report=report)
     if verbose:
         print(passes.describe_change(imported.mod, mod), file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
     library = export(executable, spec, out_dir)
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,

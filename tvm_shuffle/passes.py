@@ -75,8 +75,11 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
     return out
 
 
-def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused") -> "tvm.IRModule":
-    """Graph passes in order: constant folding, BN folding, channel-shuffle fusion."""
+def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None) -> "tvm.IRModule":
+    """Graph passes in order: constant folding, BN folding, channel-shuffle fusion.
+
+    ``report`` (a ``schedules.FusionReport``) is filled in by the fusion when given.
+    """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, not {shuffle!r}")
     seq = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()])
@@ -86,10 +89,12 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused") -> "tvm.IRModule":
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings(),
                                     relax.transform.DeadCodeElimination()])(mod)
-    if shuffle == "fused":
-        from tvm_shuffle.schedules import fuse_shuffles
+    from tvm_shuffle.schedules import fuse_shuffles, report_stock
 
-        mod = fuse_shuffles(mod)
+    if shuffle == "fused":
+        mod = fuse_shuffles(mod, report)
+    elif report is not None:
+        report_stock(mod, report)
     return mod
 
 

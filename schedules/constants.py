@@ -1,0 +1,51 @@
+"""Target-specific constants of the schedules, apart from the schedules themselves (as in dlight).
+
+Every number here was chosen on the register file of the ISA: a 1x1
+convolution keeps ``output channels x pixel vectors`` partial sums in
+registers, a quarter of the register file (AVX-512 and NEON have 32 vector
+registers, AVX2 16), leaving room for inputs, weights and the unrolled
+loop's temporaries; twice that when a tile is less than one vector wide (a
+7-pixel row). Measured on Zen 4: 16 full accumulators spilled in the
+gathered 1x1 convs (2x slower than 8), 8 half-empty ones left 20% on the
+table on 7x7 planes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class CPUConstants:
+    """Tile sizes of the CPU convolution schedule for one vector ISA."""
+
+    isa: str
+    vector_bits: int
+    accumulators: int  # full vector registers kept for partial sums (output channels x pixel vectors)
+    vectors_per_tile: int  # at most this many vectors of output pixels per tile
+    unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
+
+    def lanes(self, dtype_bits: int = 32) -> int:
+        return self.vector_bits // dtype_bits
+
+
+# Keyed by the first feature the target has, in order of preference.
+CPU_ISAS = (
+    ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2)),
+    ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
+    ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2)),
+)
+GENERIC_CPU = CPUConstants("sse", 128, accumulators=4, vectors_per_tile=2)
+
+
+def cpu_constants(target) -> CPUConstants:
+    """The constants for an LLVM ``tvm.target.Target`` (by its CPU features)."""
+    from tvm.target import codegen
+
+    for feature, constants in CPU_ISAS:
+        try:
+            if codegen.target_has_features(feature, target):
+                return constants
+        except Exception:  # a feature name LLVM does not know for this architecture
+            continue
+    return GENERIC_CPU

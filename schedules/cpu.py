@@ -1,0 +1,361 @@
+"""Default CPU schedules (x86 AVX2/AVX-512, ARM NEON) for the kernels a ShuffleNet lowers to.
+
+Rules in the style of ``tvm.s_tir.dlight``: each ``apply(func, target,
+tunable)`` returns a schedule, or None when the function is not its kind.
+Detection (what kind of kernel is this?) comes first and only reads the
+function; the transformation follows; tile sizes come from
+:mod:`.constants`.
+
+* :class:`Conv2dNCHW`: a convolution in NCHW (stock ``conv2d``, grouped,
+  depthwise, or one of :mod:`.kernels`' gathered convolutions) with its
+  fused epilogue (bias add, ReLU). A 1x1 convolution is a matrix product
+  over flattened pixels: a few output channels times up to
+  ``vectors_per_tile`` vectors of pixels accumulate in registers while the
+  input channels stream past; a gathered input is assembled one vector per
+  input channel. Depthwise and other convolutions vectorize along the output
+  row; a depthwise one pads one channel plane at a time into a small buffer
+  so the padding test leaves the vector loop, and a stride-2 one stores that
+  plane's even and odd columns apart so its windows are contiguous.
+* :class:`Dense`: the classifier's matrix product.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
+from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
+
+# Iterations below this run on one thread: waking the pool costs more.
+MIN_PARALLEL_WORK = 4096
+
+# TVM_SHUFFLE_DEBUG_SCHEDULES=1: a rule that fails raises instead of leaving the kernel unscheduled.
+DEBUG = bool(os.environ.get("TVM_SHUFFLE_DEBUG_SCHEDULES"))
+
+
+def _is_cpu(target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def _blocks(sch: Schedule):
+    root = sch.get_sblock("root")
+    return sch.get_child_blocks(root)
+
+
+def _is_reduction(sch: Schedule, block) -> bool:
+    return any(iv.iter_type == tir.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _extents(sch: Schedule, block) -> list[int]:
+    return [int(iv.dom.extent) for iv in sch.get(block).iter_vars]
+
+
+def _vars_in(expr) -> list:
+    return list(tir.analysis.undefined_vars(expr))
+
+
+class Conv2dNCHW(dlight.ScheduleRule):
+    """Register-tiled, vectorized, parallel schedule for NCHW convolutions."""
+
+    def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
+        if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
+            return None
+        sch = Schedule(func)
+        const = cpu_constants(target)
+        try:
+            shape = _conv_shape(sch)
+            if shape is None:
+                return None
+            conv, producers, epilogue, kind = shape
+            pads = [b for b in producers if _pads(sch, b)]
+            gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
+            for block in producers:
+                if block not in pads and block not in gathers:
+                    sch.compute_inline(block)
+            for pad in pads:
+                if _x_stride(sch, conv, pad) == 2:
+                    _deinterleave_columns(sch, pad)
+            epilogue = _inline_epilogue(sch, epilogue)
+            if kind == "pointwise":
+                _pointwise(sch, conv, epilogue, const, gathers)
+            else:
+                _windowed(sch, conv, epilogue, const, depthwise=kind == "depthwise", pads=pads)
+        except Exception:  # a shape the schedule primitives refuse: leave it to the next rule
+            if DEBUG:
+                raise
+            return None
+        return sch
+
+
+def _conv_shape(sch: Schedule):
+    """(conv block, spatial producers, epilogue blocks, kind) or None if this is not one NCHW convolution.
+
+    ``kind`` is "pointwise" (1x1, stride 1: the pixels of an input plane are
+    the pixels of the output), "depthwise" (each output channel reads one
+    input channel) or "windowed" (anything else).
+    """
+    blocks = list(_blocks(sch))
+    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    conv = reductions[0]
+    node = sch.get(conv)
+    iters = node.iter_vars
+    if len(iters) < 5 or any(iv.iter_type != tir.IterVar.DataPar for iv in iters[:4]) \
+            or any(iv.iter_type != tir.IterVar.CommReduce for iv in iters[4:]):
+        return None
+    if len(node.writes) != 1 or len(node.writes[0].source.shape) != 4:
+        return None
+    position = blocks.index(conv)
+    producers, epilogue = blocks[:position], blocks[position + 1:]
+    if any(_is_reduction(sch, b) for b in producers + epilogue):
+        return None
+    y, x = iters[2].var, iters[3].var
+    # Reduction axes of extent 1 (a 1x1 kernel's ry, rx) index nothing.
+    analyzer = arith.Analyzer()
+    for iv in iters[4:]:
+        if int(iv.dom.extent) == 1:
+            analyzer.bind(iv.var, iv.dom.min)
+    wide = [iv.var for iv in iters[4:] if int(iv.dom.extent) > 1]
+    data_reads = []
+    for read in node.reads:
+        if len(read.source.shape) != 4:
+            continue
+        index = [analyzer.simplify(r.min) for r in read.region]
+        if any(v.same_as(y) for v in _vars_in(index[2])):
+            data_reads.append(index)
+    if not data_reads or len(data_reads) == sum(len(r.source.shape) == 4 for r in node.reads):
+        return None  # no weight: a pooling, not a convolution
+    pointwise = all(_is_var(index[2], y) and _is_var(index[3], x) for index in data_reads)
+    depthwise = not pointwise and not any(v.same_as(w) for index in data_reads for v in _vars_in(index[1])
+                                          for w in wide)
+    kind = "pointwise" if pointwise else "depthwise" if depthwise else "windowed"
+    return conv, producers, epilogue, kind
+
+
+def _is_var(expr, var) -> bool:
+    return isinstance(expr, tir.Var) and expr.same_as(var)
+
+
+def _writes_parameter(sch: Schedule, block) -> bool:
+    written = sch.get(block).writes[0].source
+    return any(param.same_as(written) for param in sch.mod["main"].params)
+
+
+def _pads(sch: Schedule, block) -> bool:
+    """A producer that writes a larger tensor than it reads: a padding stage worth keeping."""
+    node = sch.get(block)
+    out = [int(d) for d in node.writes[0].source.shape]
+    return any([int(d) for d in r.source.shape] != out for r in node.reads)
+
+
+def _inline_epilogue(sch: Schedule, epilogue: list):
+    """Fold the elementwise chain after the convolution into one block; that block, or None."""
+    for block in reversed(epilogue[1:]):
+        sch.reverse_compute_inline(block)
+    return epilogue[0] if epilogue else None
+
+
+def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list) -> None:
+    extents = _extents(sch, conv)
+    lanes = const.lanes()
+    width = extents[3]
+    pixels = extents[2] * width
+
+    # Iterate (and store partial sums) by flat pixel: the input planes are
+    # contiguous, so a tile of pixels is one vector load whatever the rows.
+    def flat(n, c, h, w):
+        return n, c, h * width + w
+
+    flat_iters = tir.IndexMap.from_func(lambda n, o, h, w, *reduce: (n, o, h * width + w, *reduce),
+                                        ndim=len(extents))
+
+    for gather in gathers:
+        sch.transform_layout(gather, ("write", 0), flat)
+        sch.transform_block_layout(gather, flat)
+    if not _writes_parameter(sch, conv):  # the function's own output keeps its NCHW signature
+        sch.transform_layout(conv, ("write", 0), flat)
+    sch.transform_block_layout(conv, flat_iters)
+    if epilogue is not None:
+        sch.transform_block_layout(epilogue, flat)
+    n, o, hw, *reduce = sch.get_loops(conv)
+    pixel_tile = _pixel_tile(pixels, lanes, const.vectors_per_tile)
+    hw_out, hw_in = sch.split(hw, [None, pixel_tile])
+    # Output channels share each input vector; they must divide the channel
+    # count exactly, for the same reason as the pixels.
+    vectors = -(-pixel_tile // lanes)
+    budget = const.accumulators * (2 if pixel_tile < lanes else 1)  # part-filled registers: take more
+    oc_tile = _largest_divisor(extents[1], budget // vectors)
+    o_out, o_in = sch.split(o, [None, oc_tile])
+    if gathers and oc_tile * vectors < const.accumulators:
+        # Few output channels per tile would share each gathered vector: gather
+        # a whole pixel tile once, for all output channels, into L1 instead.
+        sch.reorder(n, hw_out, o_out, *reduce, o_in, hw_in)
+        outer = sch.fuse(n, hw_out)
+        tile_loop, gather_at = o_out, outer
+    else:
+        sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)
+        outer = tile_loop = sch.fuse(n, o_out, hw_out)
+        gather_at = reduce[-1]  # one gathered vector per input channel, shared by the tile's output channels
+    sch.unroll(o_in)
+    sch.vectorize(hw_in)
+    for gather in gathers:
+        sch.compute_at(gather, gather_at)
+        sch.vectorize(sch.get_loops(gather)[-1])
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, tile_loop)
+        sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
+    _parallel(sch, outer, extents[1] * pixels, const)
+    # Last: the init block must not stop vectorize/unroll above (they need a complete reduction block).
+    sch.decompose_reduction(conv, reduce[0])
+
+
+def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: bool, pads: list) -> None:
+    n, o, y, x, *reduce = sch.get_loops(conv)
+    extents = _extents(sch, conv)
+    lanes = const.lanes()
+    width = extents[3]
+    x_out, x_in = sch.split(x, [None, _pixel_tile(width, lanes, 1)])
+    if depthwise:
+        sch.reorder(n, o, y, x_out, *reduce, x_in)
+        outer = sch.fuse(n, o)
+    else:
+        oc_tile = _largest_divisor(extents[1], 2 * const.accumulators)
+        o_out, o_in = sch.split(o, [None, oc_tile])
+        sch.reorder(n, o_out, y, x_out, *reduce, o_in, x_in)
+        outer = sch.fuse(n, o_out)
+        sch.unroll(o_in)
+    for loop in reduce[1:] if not depthwise else reduce:
+        sch.unroll(loop)
+    sch.vectorize(x_in)
+    for pad in pads:
+        if depthwise:
+            # One padded plane per output channel, while it is hot in cache.
+            sch.compute_at(pad, outer)
+            _vectorize_padding(sch, pad, lanes, first_loop=1)
+        else:
+            _vectorize_padding(sch, pad, lanes, first_loop=0)
+            sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, outer)
+        sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
+    _parallel(sch, outer, extents[1] * extents[2] * width, const)
+    sch.decompose_reduction(conv, reduce[0])
+
+
+def _x_stride(sch: Schedule, conv, pad) -> int:
+    """How far the convolution's input column moves per output column (its horizontal stride)."""
+    node = sch.get(conv)
+    padded = sch.get(pad).writes[0].source
+    x = node.iter_vars[3].var
+    for read in node.reads:
+        if read.source.same_as(padded):
+            index = read.region[3].min
+            at = []
+            for value in (0, 1):
+                analyzer = arith.Analyzer()
+                for iv in node.iter_vars:
+                    analyzer.bind(iv.var, tir.const(value, "int64") if iv.var.same_as(x) else iv.dom.min)
+                at.append(analyzer.simplify(index))
+            if all(isinstance(v, tir.IntImm) for v in at):
+                return int(at[1]) - int(at[0])
+    return 1
+
+
+def _deinterleave_columns(sch: Schedule, pad) -> None:
+    """Store even and odd padded columns apart, so a stride-2 window reads contiguous vectors."""
+    width = int(sch.get(pad).writes[0].source.shape[3])
+    if width % 2:
+        return
+    def split_columns(n, c, h, w):
+        return n, c, h, w % 2, w // 2
+
+    sch.transform_layout(pad, ("write", 0), split_columns)
+    sch.transform_block_layout(pad, split_columns)
+
+
+def _split_inner(sch: Schedule, loop, lanes: int):
+    """The innermost vector-sized piece of ``loop`` (a divisor of its extent, so no predicate)."""
+    extent = int(sch.get(loop).extent)
+    tile = _pixel_tile(extent, lanes, 1)
+    if tile == extent:
+        return loop
+    return sch.split(loop, [None, tile])[-1]
+
+
+def _vectorize_padding(sch: Schedule, pad, lanes: int, *, first_loop: int) -> None:
+    """Zero-fill the border, then copy the interior with vector loads (no bounds test per element)."""
+    loops = sch.get_loops(pad)
+    try:
+        sch.decompose_padding(pad, loops[first_loop])
+    except Exception:  # the gathered pads read through a select: keep the per-element test
+        return
+    sch.vectorize(_split_inner(sch, sch.get_loops(pad)[-1], lanes))
+
+
+def _pixel_tile(pixels: int, lanes: int, vectors: int) -> int:
+    """Pixels per tile: whole vectors that divide the plane, else the longest row piece that fits one vector.
+
+    A tile that does not divide the plane leaves a predicate in the vector
+    loop, and a vector longer than a register but not a multiple of it (28,
+    49) is split lane by lane: both make LLVM emit scalar code.
+    """
+    whole = [t for t in range(lanes, lanes * vectors + 1, lanes) if pixels % t == 0]
+    if whole:
+        return max(whole)
+    return max(t for t in range(1, lanes + 1) if pixels % t == 0)
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    return max(t for t in range(1, min(extent, limit) + 1) if extent % t == 0)
+
+
+def _parallel(sch: Schedule, loop, work: int, const: CPUConstants) -> None:
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(loop)
+    sch.annotate(loop, "pragma_auto_unroll_max_step", const.unroll_limit)
+    sch.annotate(loop, "pragma_unroll_explicit", 1)
+
+
+class Dense(dlight.ScheduleRule):
+    """``x @ W`` with few rows (the classifier): weight rows stream as vectors over the output columns."""
+
+    def apply(self, func, target, tunable):  # noqa: ARG002
+        if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
+            return None
+        sch = Schedule(func)
+        blocks = list(_blocks(sch))
+        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        if len(reductions) != 1 or blocks[0] is not reductions[0]:
+            return None
+        dense = reductions[0]
+        kinds = [iv.iter_type for iv in sch.get(dense).iter_vars]
+        if kinds != [tir.IterVar.DataPar, tir.IterVar.DataPar, tir.IterVar.CommReduce]:
+            return None
+        const = cpu_constants(target)
+        try:
+            epilogue = _inline_epilogue(sch, blocks[1:])
+            i, j, k = sch.get_loops(dense)
+            columns = _extents(sch, dense)[1]
+            j_out, j_in = sch.split(j, [None, _pixel_tile(columns, const.lanes(), const.vectors_per_tile)])
+            sch.reorder(i, j_out, k, j_in)
+            outer = sch.fuse(i, j_out)
+            sch.vectorize(j_in)
+            if epilogue is not None:
+                sch.reverse_compute_at(epilogue, outer)
+            _parallel(sch, outer, columns, const)
+            sch.decompose_reduction(dense, k)
+        except Exception:
+            if DEBUG:
+                raise
+            return None
+        return sch
+
+
+def default_rules() -> tuple:
+    """The CPU rules, most specific first.
+
+    Copies and elementwise kernels get none: unscheduled, LLVM vectorizes
+    their inner loop, and threads cost more than they save at these sizes.
+    """
+    return (Conv2dNCHW(), Dense())

@@ -1,0 +1,454 @@
+"""Channel-shuffle detection and fusion (``tvm_shuffle.schedules``).
+
+Structure: small Relax graphs in every form the frontends produce, checked by
+what :func:`find_shuffles` reports and by the operators left after
+:func:`fuse_shuffles`. Numerics: the fused graph against the stock one (and
+PyTorch eager for every zoo model, in the slow test), fp32 within atol=1e-4,
+rtol=1e-4: fusion permutes weights and sums the same products, so results
+move by reassociation only (~1e-7 seen).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tvm_shuffle import build, frontends, models, passes, targets
+from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
+from tvm_shuffle.schedules.constants import cpu_constants
+from tvm_shuffle.tvm_compat import ms, relax, tvm
+
+ATOL = RTOL = 1e-4
+X86 = targets.get("x86")
+DATA_MOVEMENT = ("relax.reshape", "relax.permute_dims", "relax.concat", "relax.split", "relax.strided_slice",
+                 "relax.take")
+
+N, C, H, W = 1, 24, 6, 6  # 24 channels: 2, 3, 4, 6, 8 and 12 groups all divide them
+
+
+# ---------------------------------------------------------------------------
+# Graph builders: one Relax function, weights random but fixed
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _conv(x, out_channels, *, kernel=1, groups=1, stride=1, bias=True, relu=False):
+    in_channels = int(x.ty.shape.values[1])
+    fan_in = in_channels // groups * kernel * kernel  # keeps activations near 1 through many layers
+    w = _rng().standard_normal((out_channels, in_channels // groups, kernel, kernel)) / np.sqrt(fan_in)
+    w = relax.const(w.astype("float32"))
+    y = relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=groups)
+    if bias:
+        y = relax.op.add(y, relax.const(_rng().standard_normal((1, out_channels, 1, 1)).astype("float32")))
+    return relax.op.nn.relu(y) if relu else y
+
+
+def _graph(body, shape=(N, C, H, W)) -> "tvm.IRModule":
+    """``main(x)`` returning ``body(bb, x)``; ``body`` emits with ``bb`` and returns the output."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def shuffle_5d(bb, x, groups):
+    """torch.export and ONNX: reshape (N, g, C/g, H, W) -> swap -> reshape."""
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n, groups, c // groups, h, w)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, 3, 4]))
+    return bb.emit(relax.op.reshape(y, (n, c, h, w)))
+
+
+def shuffle_4d(bb, x, groups):
+    """ONNX's 4-D form: spatial dims flattened, reshape (N, g, C/g, H*W) -> swap -> reshape."""
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n, groups, c // groups, h * w)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, 3]))
+    return bb.emit(relax.op.reshape(y, (n, c, h, w)))
+
+
+def even_odd(bb, x):
+    """The authors' v2 release: reshape(b*c//2, 2, h*w).permute(1, 0, 2).reshape(2, -1, c//2, h, w); x[0], x[1]."""
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n * c // 2, 2, h * w)))
+    y = bb.emit(relax.op.permute_dims(y, [1, 0, 2]))
+    y = bb.emit(relax.op.reshape(y, (2, n, c // 2, h, w)))
+    return (bb.emit(relax.op.take(y, relax.const(0, "int64"), axis=0)),
+            bb.emit(relax.op.take(y, relax.const(1, "int64"), axis=0)))
+
+
+def halves_split(bb, x):
+    """torch.export's ``chunk(2, dim=1)``."""
+    parts = bb.emit(relax.op.split(x, 2, axis=1))
+    return bb.emit(relax.TupleGetItem(parts, 0)), bb.emit(relax.TupleGetItem(parts, 1))
+
+
+def halves_slice(bb, x):
+    """The classic ONNX exporter's Slice pair."""
+    c = int(x.ty.shape.values[1])
+    return (bb.emit(relax.op.strided_slice(x, axes=[1], begin=[0], end=[c // 2])),
+            bb.emit(relax.op.strided_slice(x, axes=[1], begin=[c // 2], end=[c])))
+
+
+def v2_units(shuffle, halves, units=3):
+    """Stem, then ShuffleNet v2 stride-1 units: split, branch on one half, concat, shuffle; a head conv."""
+
+    def body(bb, x):
+        x = bb.emit(_conv(x, C, relu=True))
+        for _ in range(units):
+            keep, branch = halves(bb, x)
+            y = bb.emit(_conv(branch, C // 2, relu=True))
+            y = bb.emit(_conv(y, C // 2, kernel=3, groups=C // 2))
+            y = bb.emit(_conv(y, C // 2, relu=True))
+            x = shuffle(bb, bb.emit(relax.op.concat([keep, y], axis=1)))
+        return bb.emit(_conv(x, 8))
+
+    return _graph(body)
+
+
+def v2_megvii(units=3):
+    """The release's unit: even/odd split first, then branch and concat (no separate shuffle op)."""
+
+    def body(bb, x):
+        x = bb.emit(_conv(x, C, relu=True))
+        for _ in range(units):
+            keep, branch = even_odd(bb, x)
+            y = bb.emit(_conv(branch, C // 2, relu=True))
+            y = bb.emit(_conv(y, C // 2, kernel=3, groups=C // 2))
+            x = bb.emit(relax.op.concat([keep, bb.emit(_conv(y, C // 2, relu=True))], axis=1))
+        return bb.emit(_conv(x, 8))
+
+    return _graph(body)
+
+
+def v1_unit(groups):
+    """ShuffleNet v1: grouped 1x1 conv, shuffle, depthwise 3x3, grouped 1x1 conv, residual."""
+
+    def body(bb, x):
+        y = bb.emit(_conv(x, C, groups=groups, relu=True))
+        y = shuffle_5d(bb, y, groups)
+        y = bb.emit(_conv(y, C, kernel=3, groups=C))
+        y = bb.emit(_conv(y, C, groups=groups))
+        return bb.emit(relax.op.nn.relu(relax.op.add(x, y)))
+
+    return _graph(body)
+
+
+def stride2_unit():
+    """A v2 stride-2 unit fed by a shuffled tensor: both branches read all of it (depthwise and 1x1)."""
+
+    def body(bb, x):
+        x = shuffle_5d(bb, bb.emit(relax.op.concat([bb.emit(_conv(x, C // 2, relu=True)),
+                                                      bb.emit(_conv(x, C // 2, relu=True))], axis=1)), 2)
+        left = bb.emit(_conv(bb.emit(_conv(x, C, kernel=3, groups=C, stride=2)), C // 2, relu=True))
+        right = bb.emit(_conv(x, C // 2, relu=True))
+        right = bb.emit(_conv(bb.emit(_conv(right, C // 2, kernel=3, groups=C // 2, stride=2)), C // 2, relu=True))
+        return shuffle_5d(bb, bb.emit(relax.op.concat([left, right], axis=1)), 2)
+
+    return _graph(body, (N, C, 8, 8))
+
+
+def run(mod, x: np.ndarray, spec=X86) -> np.ndarray:
+    vm = relax.VirtualMachine(build.build(mod, spec), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def fused_and_report(mod):
+    report = FusionReport()
+    return fuse_shuffles(mod, report), report
+
+
+def data_movement(mod) -> dict:
+    counts = passes.op_histogram(mod)
+    return {op: counts[op] for op in DATA_MOVEMENT if counts[op]}
+
+
+def _input(shape=(N, C, H, W)) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal(shape).astype("float32")
+
+
+# ---------------------------------------------------------------------------
+# Detection
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4, 8])
+@pytest.mark.parametrize("form", [shuffle_5d, shuffle_4d], ids=["5d", "4d"])
+def test_detects_a_shuffle_of_any_group_count(form, groups):
+    (match,) = find_shuffles(_graph(lambda bb, x: form(bb, x, groups))["main"])
+    assert (match.groups, match.channels, match.form) == (groups, C, "shuffle")
+
+
+def test_detects_the_authors_even_odd_split_as_shuffle_then_split():
+    (match,) = find_shuffles(_graph(lambda bb, x: bb.emit(relax.Tuple(list(even_odd(bb, x)))))["main"])
+    # Even then odd channels are the two halves of a shuffle with C/2 groups of 2.
+    assert (match.groups, match.form, match.windows) == (C // 2, "shuffle+split into 2", ((0, 12), (12, 24)))
+
+
+@pytest.mark.parametrize("halves", [halves_split, halves_slice], ids=["split", "strided_slice"])
+def test_detects_each_unit_of_a_v2_stage(halves):
+    matches = find_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves)["main"])
+    assert [(m.groups, m.form) for m in matches] == [(2, "shuffle")] * 3
+
+
+def test_detects_shuffles_in_what_each_frontend_produces(tiny_module, tiny_onnx, tiny_onnx_classic):
+    """torch.export, ONNX (dynamo) and the classic ONNX exporter: one 2-group shuffle each."""
+    for imported in (frontends.from_torch_module(tiny_module, (1, 3, 16, 16)), frontends.from_onnx_file(tiny_onnx),
+                     frontends.from_onnx_file(tiny_onnx_classic)):
+        mod = passes.optimize(imported.mod, shuffle="stock")
+        assert [(m.groups, m.channels) for m in find_shuffles(mod["main"])] == [(2, 16)], imported.source
+
+
+def _reversed_channels(bb, x):
+    return bb.emit(relax.op.take(x, relax.const(np.arange(C)[::-1].copy()), axis=1))
+
+
+def _bit_reversal(bb, x):
+    # (2, 2, 6) channel digits reversed: a channel permutation, but no g gives it.
+    y = bb.emit(relax.op.reshape(x, (N, 2, 2, 6, H, W)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 3, 2, 1, 4, 5]))
+    return bb.emit(relax.op.reshape(y, (N, C, H, W)))
+
+
+def _spatial_transpose(bb, x):
+    # Same reshape -> permute -> reshape shape as a shuffle, but it moves rows, not channels.
+    y = bb.emit(relax.op.reshape(x, (N, C, 2, 3, W)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 1, 3, 2, 4]))
+    return bb.emit(relax.op.reshape(y, (N, C, H, W)))
+
+
+def _plain_halves(bb, x):
+    a, b = halves_split(bb, x)
+    return bb.emit(relax.op.concat([b, a], axis=1))
+
+
+@pytest.mark.parametrize("body", [_reversed_channels, _bit_reversal, _spatial_transpose, _plain_halves],
+                         ids=["reversed", "bit-reversal", "spatial", "swap-halves"])
+def test_other_permutations_are_not_shuffles_and_stay_stock(body):
+    mod = _graph(lambda bb, x: bb.emit(_conv(body(bb, bb.emit(_conv(x, C))), 8)))
+    assert find_shuffles(mod["main"]) == []
+    fused, report = fused_and_report(mod)
+    assert fused is mod
+    assert "none found" in report.summary()
+
+
+@pytest.mark.parametrize("shuffle, expected", [
+    ("fused", "channel shuffles: 3 found (groups 2), 3 fused, 0 left as a copy"),
+    ("stock", "channel shuffles: 3 found (groups 2), 0 fused, 3 left as a copy"),
+])
+def test_verbose_compile_says_what_fusion_did(shuffle, expected, tmp_path, capsys):
+    imported = frontends.Imported(mod=v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split), name="units",
+                                  source="torch", input_name="x", input_shape=(N, C, H, W))
+    build.compile_imported(imported, X86, tmp_path, shuffle=shuffle, verbose=True)
+    assert expected in capsys.readouterr().err
+
+
+def test_verbose_compile_of_a_model_without_shuffles_says_so(tmp_path, capsys):
+    imported = frontends.Imported(mod=_graph(lambda bb, x: bb.emit(_conv(x, 8))), name="plain", source="torch",
+                                  input_name="x", input_shape=(N, C, H, W))
+    build.compile_imported(imported, X86, tmp_path, verbose=True)
+    assert "channel shuffles: none found (module unchanged)" in capsys.readouterr().err
+
+
+def test_a_model_without_shuffles_is_returned_unchanged():
+    mod = _graph(lambda bb, x: bb.emit(_conv(bb.emit(_conv(x, C, relu=True)), 8)))
+    fused, report = fused_and_report(mod)
+    assert fused is mod and report.shuffles == [] and passes.optimize(mod, shuffle="fused").script() == \
+        passes.optimize(mod, shuffle="stock").script()
+
+
+# ---------------------------------------------------------------------------
+# Fusion: structure and numerics
+
+
+@pytest.mark.parametrize("shuffle", [shuffle_5d, shuffle_4d], ids=["5d", "4d"])
+@pytest.mark.parametrize("halves", [halves_split, halves_slice], ids=["split", "strided_slice"])
+def test_v2_stage_leaves_no_data_movement(shuffle, halves):
+    mod = v2_units(lambda bb, x: shuffle(bb, x, 2), halves)
+    fused, report = fused_and_report(mod)
+    assert (len(report.shuffles), report.fused, report.materialized) == (3, 3, [])
+    # Only the first unit's split is left: it splits the stem, which no shuffle
+    # produced, so it is not the pass's business (in the zoo a stage starts
+    # with a stride-2 unit instead).
+    first_split = data_movement(mod)
+    assert data_movement(fused) == {op: 1 if op == "relax.split" else 2 for op in first_split
+                                    if op in ("relax.split", "relax.strided_slice")}
+    # The branch convs of units 2 and 3 and the head read the pieces where they are.
+    assert report.gathered == 3
+    x = _input()
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+def test_even_odd_release_form_leaves_no_data_movement():
+    mod = v2_megvii()
+    fused, report = fused_and_report(mod)
+    assert (report.fused, report.materialized, data_movement(fused)) == (3, [], {})
+    x = _input()
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4, 8])
+def test_v1_shuffle_moves_into_the_depthwise_conv(groups):
+    mod = v1_unit(groups)
+    fused, report = fused_and_report(mod)
+    assert (report.fused, report.materialized, data_movement(fused)) == (1, [], {})
+    # The depthwise conv reads its planes through the shuffle formula; the
+    # grouped conv after it stays a plain conv2d.
+    assert (report.absorbed, report.gathered) == (0, 1)
+    assert passes.op_histogram(fused)["relax.nn.conv2d"] == 2
+    x = _input()
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+def test_stride2_unit_reads_the_shuffled_input_in_both_branches():
+    mod = stride2_unit()
+    fused, report = fused_and_report(mod)
+    # The last shuffle is the function's output: materialized once, by one
+    # gather from the two branch outputs (concat + take, fused into one kernel).
+    assert data_movement(fused) == {"relax.concat": 1, "relax.take": 1}
+    assert report.fused == 1 and len(report.stock) == 1 and len(report.materialized) == 1
+    x = _input((N, C, 8, 8))
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+def test_a_shuffled_output_is_materialized_exactly_once():
+    mod = _graph(lambda bb, x: bb.emit(relax.Tuple([shuffle_5d(bb, bb.emit(_conv(x, C)), 4)])))
+    fused, report = fused_and_report(mod)
+    assert data_movement(fused) == {"relax.take": 1}
+    assert "is read by" in report.summary()
+    x = _input()
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+def test_a_shuffle_before_pooling_moves_into_the_classifier():
+    """conv -> shuffle -> mean over H, W -> scale per channel -> matmul: the classifier's rows absorb it."""
+
+    def body(bb, x):
+        pooled = bb.emit(relax.op.mean(shuffle_5d(bb, bb.emit(_conv(x, C, relu=True)), 3), axis=[2, 3]))
+        scaled = bb.emit(relax.op.multiply(pooled, relax.const(_rng().standard_normal(C).astype("float32"))))
+        return bb.emit(relax.op.matmul(scaled, relax.const(_rng().standard_normal((C, 5)).astype("float32"))))
+
+    mod = _graph(body)
+    fused, report = fused_and_report(mod)
+    assert (report.fused, report.absorbed, data_movement(fused)) == (1, 1, {})
+    x = _input()
+    np.testing.assert_allclose(run(fused, x), run(mod, x), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_module", "tiny_onnx", "tiny_onnx_classic"])
+def test_fused_equals_stock_for_each_frontend(fixture, request, tiny_input):
+    source = request.getfixturevalue(fixture)
+    imported = (frontends.from_torch_module(source, tiny_input.shape) if fixture == "tiny_module"
+                else frontends.from_onnx_file(source))
+    stock = passes.optimize(imported.mod, shuffle="stock")
+    fused = passes.optimize(imported.mod, shuffle="fused")
+    # The tiny unit's shuffle feeds a mean, which needs it whole: it is gathered
+    # once (concat + take) instead of concat, reshape, permute, reshape.
+    moved = data_movement(fused)
+    assert moved["relax.concat"] == moved["relax.take"] == 1
+    assert "relax.reshape" not in moved and "relax.permute_dims" not in moved
+    np.testing.assert_allclose(run(fused, tiny_input), run(stock, tiny_input), atol=ATOL, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------
+# Default schedules
+
+
+def _conv_kernels(mod, spec):
+    lowered = build.lower(mod, spec)
+    return [(gv.name_hint, f) for gv, f in lowered.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512", "arm-rpi4"])
+def test_every_conv_kernel_gets_a_default_schedule(target):
+    spec = targets.get(target)
+    mods = {"v2": fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split)),
+            "stride2": fuse_shuffles(stride2_unit()), "v1": fuse_shuffles(v1_unit(4))}
+    for name, mod in mods.items():
+        kernels = _conv_kernels(mod, spec)
+        assert any("gathered" in k for k, _ in kernels), name
+        for kernel, func in kernels:
+            assert default_schedule(func, spec.tvm_target()) is not None, f"{name}: {kernel}"
+
+
+def test_default_schedules_seed_a_tuning_database():
+    """Measured default candidates replay from the database at build time (how tuning starts from them)."""
+    mod = fuse_shuffles(stride2_unit())
+    target = X86.tvm_target()
+    database = ms.database.MemoryDatabase()
+    seeded = 0
+    for task in ms.relax_integration.extract_tasks(build.lower(mod, X86), target):
+        for candidate in default_candidates(task.dispatched[0], target):
+            workload = database.commit_workload(task.dispatched[0])
+            database.commit_tuning_record(ms.database.TuningRecord(candidate.sch.trace, workload, [1e-3], target,
+                                                                   candidate.args_info))
+            seeded += 1
+    assert seeded >= 5  # every convolution task
+    x = _input((N, C, 8, 8))
+    vm = relax.VirtualMachine(build.build(mod, X86, database=database), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run(stride2_unit(), x), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("kernel, groups, stride, bias, size", [
+    (1, 1, 1, False, 6),  # pointwise writing the function's output directly
+    (1, 1, 1, True, 7),  # odd plane: row-sized vectors
+    (1, 3, 1, True, 8),
+    (3, C, 1, True, 6),  # depthwise
+    (3, C, 2, True, 8),  # depthwise stride 2: de-interleaved columns
+    (3, 1, 2, True, 8),  # dense 3x3 stride 2, like the stem
+])
+def test_default_schedules_compute_the_convolution(kernel, groups, stride, bias, size):
+    """Scheduled kernels against TVM's own unscheduled lowering of the same graph."""
+    mod = _graph(lambda bb, x: bb.emit(_conv(x, C, kernel=kernel, groups=groups, stride=stride, bias=bias, relu=bias)),
+                 (N, C, size, size))
+    kernels = _conv_kernels(mod, X86)
+    assert kernels and all(default_schedule(f, X86.tvm_target()) is not None for _, f in kernels)
+    x = _input((N, C, size, size))
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("target, isa, lanes", [("x86-avx2", "avx2", 8), ("x86-avx512", "avx512", 16),
+                                                ("arm-rpi4", "neon", 4), ("arm-graviton2", "neon", 4)])
+def test_tile_constants_follow_the_vector_isa(target, isa, lanes):
+    constants = cpu_constants(targets.get(target).tvm_target())
+    assert (constants.isa, constants.lanes()) == (isa, lanes)
+
+
+def test_arm_build_compiles_with_the_default_schedules():
+    assert build.build(fuse_shuffles(stride2_unit()), targets.get("arm-rpi4")) is not None
+
+
+def test_cuda_build_compiles_the_gathered_kernels():
+    mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split))
+    assert build.build(mod, targets.get("cuda-sm_80")) is not None
+
+
+# ---------------------------------------------------------------------------
+# Every zoo model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_fused_zoo_model_matches_pytorch(name):
+    """Fused graph, default schedules, 1x3x32x32: equal to eager PyTorch with randomized BatchNorm."""
+    torch.manual_seed(0)
+    module = models.randomize_batchnorm(models.build_model(name), seed=1)
+    x = _input((1, 3, 32, 32))
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    imported = frontends.from_torch_module(module, x.shape)
+    report = FusionReport()
+    mod = fuse_shuffles(passes.optimize(imported.mod, shuffle="stock"), report)
+    # v1 with one group has no shuffle; every other model has one per unit, all fused.
+    spec = models.MODELS[name]
+    assert len(report.shuffles) == (0 if spec.groups == 1 else 16 if spec.family == "v2" else 15)
+    assert report.stock == {} and report.materialized == []
+    np.testing.assert_allclose(run(mod, x), expected, atol=ATOL, rtol=RTOL)
