@@ -1,0 +1,147 @@
+"""``python -m tvm_shuffle.tune``: bad input and the tuning database, without tuning.
+
+Every case here fails (or checks files) before MetaSchedule starts, so the
+file runs in seconds; tests/test_tune_x86.py tunes for real.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tvm_shuffle import targets
+from tvm_shuffle import tune as tune_cli
+from tvm_shuffle.errors import UserError
+from tvm_shuffle.tuning import database, rpc, runner
+
+MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = tune_cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unknown_target_lists_the_valid_ones(capsys):
+    code, err = run_cli(capsys, *MODEL, "--target", "riscv")
+    assert code == 2
+    assert "unknown target 'riscv'" in err and "arm-rpi4" in err and "cuda-sm_80" in err and "x86-avx512" in err
+
+
+@pytest.mark.parametrize("target", ["arm", "arm-graviton3"])
+def test_arm_without_a_device_says_how_to_attach_one_or_build_untuned(capsys, target):
+    if targets.host_machine() == "aarch64":
+        pytest.skip("an aarch64 host tunes ARM locally")
+    code, err = run_cli(capsys, *MODEL, "--target", target)
+    assert code == 2
+    assert err.count("error:") == 1
+    assert "python -m tvm.exec.rpc_tracker" in err
+    assert "python -m tvm.exec.rpc_server --tracker" in err
+    assert f"--rpc-tracker THIS_HOST:{rpc.DEFAULT_PORT} --rpc-key" in err
+    assert f"python -m tvm_shuffle.compile --target {targets.get(target).name} --model shufflenet_v2_x0_5" in err
+
+
+def test_cuda_without_a_gpu_needs_a_tracker(capsys):
+    if runner.runs_here(targets.get("cuda")):
+        pytest.skip("this machine has a GPU")
+    code, err = run_cli(capsys, *MODEL, "--target", "cuda")
+    assert code == 2
+    assert "an NVIDIA GPU" in err and "--rpc-tracker" in err and "tvm_shuffle.compile --target cuda" in err
+
+
+def test_missing_cross_compiler_names_the_package(capsys, tmp_path):
+    board = {**targets.get("arm").to_dict(), "name": "my-board", "cross_compiler": "aarch64-nonexistent-g++",
+             "cross_compiler_package": "g++-aarch64-nonexistent"}
+    path = tmp_path / "board.json"
+    path.write_text(json.dumps(board))
+    code, err = run_cli(capsys, *MODEL, "--target-file", str(path), "--rpc-tracker", "127.0.0.1:1", "--rpc-key", "k")
+    assert code == 2
+    assert "aarch64-nonexistent-g++" in err and "apt-get install g++-aarch64-nonexistent" in err
+
+
+def test_unreachable_tracker_fails_fast(capsys):
+    port = free_port()  # nothing listens there
+    code, err = run_cli(capsys, *MODEL, "--target", "arm", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4",
+                        "--rpc-timeout", "3")
+    assert code == 2
+    assert f"cannot reach the RPC tracker at 127.0.0.1:{port}" in err and "python -m tvm.exec.rpc_tracker" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rpc-tracker", "127.0.0.1:9190"], "needs --rpc-key"),
+    (["--rpc-tracker", "host:port", "--rpc-key", "k"], "is not HOST:PORT"),
+])
+def test_bad_tracker_flags(capsys, argv, message):
+    code, err = run_cli(capsys, *MODEL, "--target", "arm", *argv)
+    assert code == 2 and message in err
+
+
+def test_unwritable_work_dir(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, *MODEL, "--target", "x86", "--work-dir", str(blocker / "work"))
+    assert code == 2
+    assert f"work directory {blocker / 'work'} is not writable" in err
+
+
+def test_negative_trials_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tune_cli.main([*MODEL, "--target", "x86", "--trials", "-1"])
+    assert exit_info.value.code == 2
+    assert "--trials must be >= 0" in capsys.readouterr().err
+
+
+def test_help_explains_budget_and_boards(capsys):
+    with pytest.raises(SystemExit):
+        tune_cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert f"x86: {targets.get('x86').default_trials} trials" in text
+    assert "python -m tvm.exec.rpc_server --tracker" in text and "--rpc-key" in text
+
+
+# ---- the database files -----------------------------------------------------------------------
+
+def write_lines(path, lines: list[str], *, final_newline: bool = True) -> None:
+    path.write_text("\n".join(lines) + ("\n" if final_newline else ""))
+
+
+def test_corrupt_record_line_is_an_error_naming_the_file(tmp_path):
+    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]', "garbage{", '[0, [[], [2e-05]]]'])
+    with pytest.raises(UserError, match=rf"{database.RECORDS} is corrupt at line 2"):
+        database.open_database(tmp_path)
+    assert "garbage{" in (tmp_path / database.RECORDS).read_text()  # left as it was: nothing is thrown away
+
+
+def test_partial_last_line_from_a_killed_write_is_dropped(tmp_path, capsys):
+    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]', '[0, [[], [2e-0'], final_newline=False)
+    database.check_lines(tmp_path / database.RECORDS)
+    assert (tmp_path / database.RECORDS).read_text() == '[0, [[], [1e-05]]]\n'
+    assert "dropped a partly written record" in capsys.readouterr().err
+
+
+def test_structurally_invalid_database_is_an_error_naming_the_files(tmp_path):
+    write_lines(tmp_path / database.WORKLOADS, ['["123", "not base64 of a module"]'])
+    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]'])
+    with pytest.raises(UserError, match=r"tuning database in .* is corrupt .*database_workload.json"):
+        database.open_database(tmp_path)
+
+
+def test_corrupt_state_file_is_an_error(tmp_path):
+    (tmp_path / database.STATE).write_text("{not json")
+    with pytest.raises(UserError, match=database.STATE):
+        database.own_trials(tmp_path)
+
+
+def test_database_directories_name_target_model_shape_and_mode():
+    spec = targets.get("arm")
+    directory = database.database_dir("work", spec, "my model", (1, 3, 224, 224), "fused")
+    assert directory.parts == ("work", "arm-rpi4-cortex-a72", "my_model-1x3x224x224-fused")
+    assert database.target_dir_name(targets.get("cuda-sm_80")) == "cuda-sm_80"

@@ -1,0 +1,24 @@
+"""Step 3, tune: MetaSchedule with an XGBoost cost model, on this machine or over RPC.
+
+``python -m tvm_shuffle.tune`` (:mod:`tvm_shuffle.tune`) drives
+:func:`session.tune`; the pieces, one concept per module:
+
+* :mod:`.tasks`: the fused TIR kernels of a model (what is tuned), most expensive first;
+* :mod:`.database`: one MetaSchedule JSON database per (model, target) in the
+  work directory, checked on open, shared between models for identical kernels;
+* :mod:`.search`: the evolutionary search, resumed from the database (never
+  measures a candidate twice, starts from the default schedule, exact budget);
+* :mod:`.scheduler`: MetaSchedule's gradient task scheduler, committing every
+  batch at once and stopping cleanly on Ctrl-C;
+* :mod:`.builder`: compiles candidates in this process (no per-batch worker start-up);
+* :mod:`.measure_inputs`: kernel inputs for measuring (valid indices for gathers);
+* :mod:`.runner` / :mod:`.rpc`: where candidates run (local CPU, or a board or
+  GPU behind TVM's RPC tracker, with timeouts);
+* :mod:`.progress` / :mod:`.logs`: the progress bar; MetaSchedule's logs go to files;
+* :mod:`.cuda_codegen`: CUDA device code on machines without a GPU (used by ``build`` too);
+* :mod:`.emulated_device` (+ ``rpc_server.cc``): an aarch64 board emulated with
+  qemu behind the tracker, for CI.
+
+Nothing is imported here: MetaSchedule's runner workers import :mod:`.rpc`
+and :mod:`.measure_inputs` by name and need none of the rest.
+"""

@@ -1,0 +1,148 @@
+"""Reaching remote boards and GPUs through TVM's RPC tracker, with timeouts.
+
+TVM's own tracker and server are the device farm::
+
+    python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190          # any machine
+    python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4        # on each board
+
+TVM's client waits forever for a device that never frees up and retries a
+refused connection for a minute; here every step has a deadline and ends in
+one clear :class:`UserError`. This module imports only ``tvm.rpc``, because
+MetaSchedule's runner workers import it to open their sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+
+from tvm_shuffle.errors import UserError
+
+DEFAULT_PORT = 9190
+EMULATION_MARKER = "tvm_shuffle.emulated"  # global function our emulated server registers
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracker:
+    host: str
+    port: int
+    key: str
+    timeout: float = 60.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteDevice:
+    """What the pre-flight session learned about the devices under a key."""
+
+    servers: int
+    emulated: bool
+
+
+def parse_tracker(text: str, key: str | None, timeout: float) -> Tracker:
+    """``HOST:PORT`` (or ``HOST``, port 9190) and the device key."""
+    if not key:
+        raise UserError("--rpc-tracker needs --rpc-key KEY: the key the board's rpc_server registered with")
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", str(DEFAULT_PORT))
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise UserError(f"--rpc-tracker {text!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT})") from None
+    if not host or not 0 < port_number < 65536:
+        raise UserError(f"--rpc-tracker {text!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT})")
+    return Tracker(host, port_number, key, timeout)
+
+
+def check_reachable(tracker: Tracker) -> None:
+    """Open and close a TCP connection to the tracker, within its timeout."""
+    try:
+        with socket.create_connection((tracker.host, tracker.port), timeout=min(tracker.timeout, 10.0)):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot reach the RPC tracker at {tracker.address}: {err.strerror or err}. Start one with "
+            f"`python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {tracker.port}` and register the board "
+            f"with `python -m tvm.exec.rpc_server --tracker {tracker.address} --key {tracker.key}`") from None
+
+
+def registered_servers(tracker: Tracker) -> dict[str, int]:
+    """Number of servers per key the tracker knows (busy or free)."""
+    from tvm import rpc
+
+    session = _with_deadline(lambda: rpc.connect_tracker(tracker.host, tracker.port), tracker.timeout,
+                             f"connecting to the RPC tracker at {tracker.address}")
+    try:
+        summary = session.summary()
+    finally:
+        session.close()
+    counts: dict[str, int] = {}
+    for server in summary.get("server_info", []):
+        key = server["key"].split(":", 1)[-1]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def request_session(tracker: Tracker):
+    """An RPC session on a free device under ``tracker.key``, or an error after ``tracker.timeout``."""
+    from tvm import rpc
+
+    def request():
+        return rpc.connect_tracker(tracker.host, tracker.port).request(
+            tracker.key, priority=1, session_timeout=tracker.timeout)
+
+    return _with_deadline(request, tracker.timeout,
+                          f"requesting a device with key {tracker.key!r} from the RPC tracker at {tracker.address}",
+                          hint="all devices busy, or the board stopped answering")
+
+
+def probe(tracker: Tracker, device_type: str) -> RemoteDevice:
+    """Check the tracker, the key and one session before tuning starts."""
+    check_reachable(tracker)
+    servers = registered_servers(tracker)
+    if not servers.get(tracker.key):
+        known = ", ".join(f"{k} ({n})" for k, n in sorted(servers.items())) or "none"
+        raise UserError(
+            f"no device registered with key {tracker.key!r} at the RPC tracker {tracker.address} "
+            f"(registered keys: {known}). On the board run: "
+            f"python -m tvm.exec.rpc_server --tracker {tracker.address} --key {tracker.key}")
+    session = request_session(tracker)
+    if not session.device(device_type, 0).exist:
+        raise UserError(f"the device with key {tracker.key!r} has no {device_type} device; check --target")
+    try:
+        session.get_function(EMULATION_MARKER)
+        emulated = True
+    except Exception:  # RPC raises a generic error for a missing remote function
+        emulated = False
+    return RemoteDevice(servers=servers[tracker.key], emulated=emulated)
+
+
+def create_session(rpc_config):
+    """MetaSchedule ``f_create_session`` for ``RPCRunner``: the tracker request, with a deadline."""
+    return request_session(Tracker(rpc_config.tracker_host, int(rpc_config.tracker_port), rpc_config.tracker_key,
+                                   float(rpc_config.session_timeout_sec)))
+
+
+def _with_deadline(fn, timeout: float, what: str, *, hint: str = ""):
+    """Run a blocking client call on a daemon thread; a UserError if it fails or outlasts ``timeout``."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise UserError(f"{what}: no answer within {timeout:.0f} s" + (f" ({hint})" if hint else ""))
+    if "error" in outcome:
+        err = outcome["error"]
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UserError(f"{what} failed: {detail}")
+    return outcome["value"]

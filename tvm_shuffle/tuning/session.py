@@ -1,0 +1,148 @@
+"""One tuning run: tasks -> MetaSchedule (XGBoost cost model) -> records in the model's database.
+
+:func:`tune` is what ``python -m tvm_shuffle.tune`` calls before it builds
+the tuned library; it is usable on its own::
+
+    imported = frontends.load(model="shufflenet_v2_x1_0")
+    spec = targets.get("x86")
+    outcome = session.tune(imported, spec, work_dir="work", trials=200, device=runner.local(spec))
+    build.compile_imported(imported, spec, "out", database=outcome.database,
+                           database_digest=outcome.digest)
+
+The budget counts every candidate measured for this model and target so
+far, so re-running the same command after an interruption measures only
+what is left (and never a candidate twice, :mod:`tvm_shuffle.tuning.search`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from tvm_shuffle import build, passes, schedules
+from tvm_shuffle.frontends import Imported
+from tvm_shuffle.targets import TargetSpec
+from tvm_shuffle.tuning import database, logs, tasks
+from tvm_shuffle.tuning.builder import BuildStats, InProcessBuilder
+from tvm_shuffle.tuning.progress import Progress, ProgressCallback, TaskState
+from tvm_shuffle.tuning.runner import Device
+from tvm_shuffle.tuning.scheduler import CommittingGradientScheduler, Interrupt
+from tvm_shuffle.tuning.search import Budget, ResumingSearch, unscheduled_candidate
+from tvm_shuffle.tvm_compat import ms
+
+DEFAULT_WORK_DIR = "work"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a run did; ``database`` holds every record so far (this run's and earlier ones)."""
+
+    directory: Path
+    database: object  # ms.database.JSONDatabase
+    tasks: list[TaskState]
+    budget: int
+    done_before: int
+    measured: int = 0
+    failed: int = 0
+    skipped: int = 0  # candidates the search proposed again and we did not re-measure
+    shared: database.Shared = dataclasses.field(default_factory=database.Shared)
+    seconds: float = 0.0
+    builder: BuildStats = dataclasses.field(default_factory=BuildStats)
+    interrupted: bool = False
+
+    @property
+    def digest(self) -> str:
+        return database.digest(self.directory)
+
+    @property
+    def estimate_seconds(self) -> float | None:
+        """MetaSchedule's end-to-end estimate: sum of weight x best latency (None if a task has none)."""
+        if any(t.best_seconds is None for t in self.tasks):
+            return None
+        return sum(t.weight * t.best_seconds for t in self.tasks)
+
+
+def physical_cores() -> int:
+    return max(1, ms.utils.cpu_count(logical=False))
+
+
+def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str | Path = DEFAULT_WORK_DIR,
+         trials: int | None = None, shuffle: str = "fused", quiet: bool = False, seed: int | None = None,
+         log=None) -> Outcome:
+    """Tune ``imported`` for ``spec`` on ``device`` until ``trials`` candidates (all runs together) are measured.
+
+    Ctrl-C stops tuning after the running batch and returns with
+    ``interrupted`` set; every record measured so far is on disk. A device
+    that stops producing measurements raises :class:`MeasurementsFailing`.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if spec.family == "cuda":
+        from tvm_shuffle.tuning import cuda_codegen
+
+        cuda_codegen.enable_device_code()  # candidates must hold kernels the GPU machine can load
+    directory = database.database_dir(work_dir, spec, imported.name, imported.input_shape, shuffle)
+    db = database.open_database(directory)
+    cores = physical_cores()
+    target = tasks.tuning_target(spec, host_cores=cores)
+    task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle), spec), target)
+    shared = database.import_shared_records(db, [t.mod for t in task_list], directory)
+    if shared.records:
+        log(f"reused {shared.records} records of {shared.tasks} identical task(s) from {', '.join(shared.sources)}")
+    # MetaSchedule's first round visits tasks in order: after an interruption,
+    # the tasks without records come first.
+    best = {t.name: database.best_seconds(db, t.mod) for t in task_list}
+    task_list.sort(key=lambda t: best[t.name] is not None)
+    states = [TaskState(t.name, t.weight, best[t.name]) for t in task_list]
+    budget = spec.default_trials if trials is None else trials
+    done = database.own_trials(directory)
+    outcome = Outcome(directory, db, states, budget, done, shared=shared)
+    if done >= budget:
+        log(f"{done} trials already measured for this model (budget {budget}): nothing to tune; "
+            "pass a larger --trials to tune further")
+        return outcome
+
+    per_batch = tasks.trials_per_batch(budget - done, len(task_list))
+    log(f"tuning {len(task_list)} tasks on {device.description}: {budget - done} trials left of {budget} "
+        f"({done} done before), {per_batch} per batch; records in {directory}")
+    builder = InProcessBuilder(_linker(spec), threads=cores)
+    left = Budget(budget - done)
+    strategies = [ResumingSearch(left, _default_candidates(t, target, spec)) for t in task_list]
+    start = time.perf_counter()
+    with logs.to_files(directory / "logs", [t.name for t in task_list]) as loggers, \
+            logs.native_stderr_to(directory / "logs" / "native.log") as console, \
+            Interrupt().installed(console) as interrupt:
+        progress = Progress(states, total=budget, done=done, quiet=quiet, stream=console)
+        try:
+            contexts = tasks.contexts(task_list, target, loggers, strategies, threads=cores, seed=seed)
+            ms.tune_tasks(
+                tasks=contexts, task_weights=[float(t.weight) for t in task_list], work_dir=str(directory),
+                max_trials_global=budget - done, max_trials_per_task=max(spec.trials_per_task, per_batch),
+                num_trials_per_iter=per_batch, builder=builder, runner=device.runner, database=db,
+                cost_model=ms.cost_model.XGBModel(num_tuning_cores=cores, adaptive_training=True),
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress)],
+                task_scheduler=CommittingGradientScheduler(stop=lambda: interrupt() or progress.failing, seed=seed))
+        finally:
+            progress.close()
+    outcome.interrupted = interrupt.requested
+    if progress.failing:
+        raise progress.failure()
+    outcome.seconds = time.perf_counter() - start
+    outcome.measured, outcome.failed = progress.measured, progress.failed
+    outcome.skipped = sum(s.skipped for s in strategies)
+    outcome.builder = builder.stats
+    return outcome
+
+
+def _default_candidates(task: tasks.Task, target, spec: TargetSpec) -> list:
+    """What the untuned build runs for this kernel, to measure first (CPU; GPU kernels need dlight's binding)."""
+    if spec.family == "cuda":
+        return []
+    return schedules.default_candidates(task.mod, target) or [unscheduled_candidate(task.mod)]
+
+
+def _linker(spec: TargetSpec) -> str | None:
+    from tvm_shuffle import targets
+
+    return targets.require_cross_compiler(spec)
