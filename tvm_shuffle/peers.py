@@ -1,0 +1,450 @@
+"""The engines a report compares, as a registry of plain data.
+
+Each :class:`Engine` says which Python modules it needs (and what to
+``pip install`` when they are missing), which distributions give its
+version, and how to turn a :class:`Workload` (the model as a PyTorch module,
+an ONNX file and a Relax module) into a :class:`Session` that maps one numpy
+input to the model's first output. Every engine gets the same thread count;
+every engine computes in fp32 (OpenVINO and ncnn would otherwise pick bf16 or
+fp16 on some CPUs, which changes both speed and numerics).
+
+An engine that cannot run a workload raises :class:`Unavailable` with the
+reason, which the report shows in that engine's row; anything else an engine
+raises is shown as a failure. Neither stops the report.
+
+Adding an engine means writing its ``prepare`` function and adding an entry
+to :data:`ENGINES`; the CLI's ``--peers`` choices come from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tvm_shuffle import timing
+from tvm_shuffle.frontends import Imported
+from tvm_shuffle.targets import TargetSpec
+
+ONNX_OPSET = 18
+
+
+class Unavailable(Exception):
+    """This engine cannot run this workload here; the message says why."""
+
+
+@dataclasses.dataclass
+class Session:
+    """A prepared engine: ``run`` maps a numpy input to the first output as numpy.
+
+    ``time`` replaces wall-clock timing of ``run`` where a call's round trip
+    is not the engine's latency (a device over RPC times itself). ``details``
+    go into the report (tuning database, trials, thread count, device).
+    """
+
+    run: Callable[[np.ndarray], np.ndarray]
+    time: Callable[[np.ndarray, int, int], list[float]] | None = None
+    close: Callable[[], None] = lambda: None
+    library: Path | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def times(self, x: np.ndarray, *, warmup: int, repeat: int) -> list[float]:
+        """Seconds per call for ``repeat`` calls after ``warmup`` untimed ones."""
+        if self.time is not None:
+            return self.time(x, warmup, repeat)
+        return timing.measure(lambda: self.run(x), warmup=warmup, repeat=repeat)
+
+
+@dataclasses.dataclass
+class Workload:
+    """One model in every form the engines read, plus the measurement setup.
+
+    ``torch_module`` is None for ONNX input; the ONNX file is exported from
+    the module on first use. ``tracker`` is set for a remote device: only
+    engines with ``remote=True`` run there.
+    """
+
+    name: str
+    imported: Imported
+    spec: TargetSpec
+    threads: int
+    scratch: Path
+    work_dir: Path
+    shuffle: str = "fused"
+    torch_module: Any = None
+    onnx_file: Path | None = None
+    tracker: Any = None  # tvm_shuffle.tuning.rpc.Tracker
+    emulated: bool = False
+    device_threads: int | None = None  # threads on a remote device; None: its own default
+    tune_command: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.imported.input_shape)
+
+    @property
+    def input_dtype(self) -> str:
+        return self.imported.input_dtype
+
+    def torch(self):
+        if self.torch_module is None:
+            raise Unavailable("needs a PyTorch module; this model came as an ONNX file")
+        return self.torch_module
+
+    def onnx(self) -> Path:
+        """The user's ONNX file, or the PyTorch module exported once (torch.onnx, dynamo exporter)."""
+        if self.onnx_file is None:
+            import torch
+
+            path = self.scratch / f"{self.name}.onnx"
+            example = torch.zeros(self.input_shape, dtype=getattr(torch, self.input_dtype))
+            with warnings.catch_warnings(), _quiet_fds():
+                warnings.simplefilter("ignore")
+                try:
+                    torch.onnx.export(self.torch(), (example,), str(path), dynamo=True, opset_version=ONNX_OPSET,
+                                      external_data=False, verbose=False)
+                except Unavailable:
+                    raise
+                except Exception as err:
+                    raise Unavailable(f"torch.onnx.export failed: {first_line(err)}") from None
+            self.onnx_file = path
+        return self.onnx_file
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """One engine a report can measure, as data."""
+
+    name: str  # CLI name (--peers) and row key
+    label: str  # shown in tables and charts
+    modules: tuple[str, ...]  # must be importable
+    install: str  # what to pip install when they are not
+    distributions: tuple[str, ...]  # whose versions the report records
+    prepare: Callable[[Workload], Session]
+    remote: bool = False  # can run on a device behind the RPC tracker
+    note: str = ""  # how it is configured, for the report's footnotes
+
+    def missing(self) -> list[str]:
+        return [m for m in self.modules if importlib.util.find_spec(m) is None]
+
+    def version(self) -> str:
+        return ", ".join(f"{d} {_dist_version(d)}" for d in self.distributions)
+
+
+def _dist_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, for a table cell."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence what native code and exporters print to file descriptors 1 and 2 (torch.onnx, inductor)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+
+
+# ---------------------------------------------------------------------------
+# tvm_shuffle
+
+
+def _tvm_tuned(w: Workload) -> Session:
+    from tvm_shuffle import build
+    from tvm_shuffle.tuning import database
+
+    directory = database.database_dir(w.work_dir, w.spec, w.imported.name, w.input_shape, w.shuffle)
+    records = directory / database.RECORDS
+    if not records.is_file() or not records.read_bytes().strip():
+        raise Unavailable(f"no tuning database in {directory}; create one with: {w.tune_command}")
+    db = database.open_database(directory)
+    out = build.compile_imported(w.imported, w.spec, w.scratch / "tuned", shuffle=w.shuffle, database=db,
+                                 database_digest=database.digest(directory))
+    trials = database.own_trials(directory)
+    return _tvm_session(w, out, {"database": str(directory), "trials": trials})
+
+
+def _tvm_untuned(w: Workload) -> Session:
+    from tvm_shuffle import build
+
+    return _tvm_session(w, build.compile_imported(w.imported, w.spec, w.scratch / "untuned", shuffle=w.shuffle), {})
+
+
+def _tvm_session(w: Workload, out: Path, details: dict) -> Session:
+    library = out / "model.so"
+    if w.tracker is not None:
+        return _rpc_session(w, library, details)
+    if w.spec.family == "cuda":
+        raise Unavailable("CUDA libraries are measured on a GPU machine over RPC (--rpc-tracker, --rpc-key)")
+    from tvm_shuffle import runtime
+    import tvm_ffi
+
+    model = runtime.load(out)
+    details["tvm_threads"] = set_tvm_threads(tvm_ffi.get_global_func, w.threads)
+    return Session(run=lambda x: model(x)[0], library=library, details=details)
+
+
+# TVM's ThreadGroup::AffinityMode kBig: its default mode, workers on the fastest cores.
+_AFFINITY_BIG = 1
+
+
+def set_tvm_threads(get_function: Callable[[str], Callable], threads: int | None) -> int | str:
+    """Resize a TVM runtime's thread pool (local, or remote through an RPC session's ``get_function``).
+
+    TVM sizes its pool from TVM_NUM_THREADS when it first starts (without it,
+    half the logical CPUs on x86: it assumes hyper-threading), so a pool
+    already running, or one on a device, needs ``runtime.config_threadpool``.
+    ``threads=None`` leaves the pool as it is.
+    """
+    if threads is None:
+        return "device default"
+    get_function("runtime.config_threadpool")(_AFFINITY_BIG, threads)
+    return threads
+
+
+def _rpc_session(w: Workload, library: Path, details: dict) -> Session:
+    """The library on the remote device; the VM is driven with set_input / invoke_stateful / get_outputs."""
+    from tvm_shuffle.tuning import rpc
+    from tvm_shuffle.tvm_compat import relax, tvm
+
+    remote = rpc.request_session(w.tracker)
+    name = f"{w.imported.name}-{library.parent.name}.so"
+    remote.upload(str(library), name)
+    device = remote.cuda(0) if w.spec.family == "cuda" else remote.cpu(0)
+    vm = relax.VirtualMachine(remote.load_module(name), device)
+    state = {"vm": vm, "session": remote}
+    details["tvm_threads"] = set_tvm_threads(remote.get_function, w.device_threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        vm.set_input("main", tvm.runtime.tensor(x, device))
+        vm.invoke_stateful("main")
+        out = vm.get_outputs("main")
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+    def time(x: np.ndarray, warmup: int, repeat: int) -> list[float]:
+        vm.set_input("main", tvm.runtime.tensor(x, device))
+        for _ in range(warmup):
+            vm.invoke_stateful("main")
+        evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat)
+        return [float(s) for s in evaluator("main").results]
+
+    def close() -> None:
+        state.clear()  # the remote session ends when its last reference goes
+        gc.collect()
+
+    where = f"{'emulated ' if w.emulated else ''}device {w.tracker.key!r} via {w.tracker.address}"
+    return Session(run=run, time=time, close=close, library=library, details={**details, "device": where})
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+
+
+def _with_torch_threads(threads: int) -> Callable[[], None]:
+    """Set PyTorch's intra-op threads; returns the function that restores them."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(saved)
+
+
+def _torch_session(module, threads: int) -> Session:
+    import torch
+
+    restore = _with_torch_threads(threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x))
+        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+    return Session(run=run, close=restore)
+
+
+def _torch_eager(w: Workload) -> Session:
+    return _torch_session(w.torch().eval(), w.threads)
+
+
+def _torch_compile(w: Workload) -> Session:
+    import torch
+
+    module = w.torch().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecations, raised as dynamo loads and traces
+        compiled = torch.compile(module)
+        session = _torch_session(compiled, w.threads)  # before the first call: inductor reads the threads
+        try:
+            with _quiet_fds():
+                session.run(np.zeros(w.input_shape, dtype=w.input_dtype))  # compiles (tens of seconds)
+        except Exception as err:
+            session.close()
+            raise Unavailable(f"torch.compile failed: {first_line(err)}") from None
+    return session
+
+
+# ---------------------------------------------------------------------------
+# ONNX engines
+
+
+def _onnxruntime(w: Workload) -> Session:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = w.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(w.onnx()), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own types for unsupported operators
+        raise Unavailable(f"ONNX Runtime cannot load the model: {first_line(err)}") from None
+    name = session.get_inputs()[0].name
+    return Session(run=lambda x: session.run(None, {name: x})[0])
+
+
+def _openvino(w: Workload) -> Session:
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": w.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32"}
+    try:
+        compiled = ov.Core().compile_model(str(w.onnx()), "CPU", config)
+    except Unavailable:
+        raise
+    except Exception as err:
+        raise Unavailable(f"OpenVINO cannot compile the model: {first_line(err)}") from None
+    request = compiled.create_infer_request()
+    return Session(run=lambda x: np.array(request.infer([x])[0]))
+
+
+def _ncnn(w: Workload) -> Session:
+    import ncnn
+
+    if w.input_shape[0] != 1:
+        raise Unavailable(f"ncnn's Python API runs one image at a time; the input batch is {w.input_shape[0]}")
+    param, weights = _pnnx_convert(w)
+    net = ncnn.Net()
+    net.opt.num_threads = w.threads
+    net.opt.use_vulkan_compute = False
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+        setattr(net.opt, flag, False)
+    if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+        raise Unavailable(f"ncnn cannot load {param}")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        extractor = net.create_extractor()
+        extractor.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
+        status, out = extractor.extract("out0")
+        if status != 0:
+            raise RuntimeError(f"ncnn extract failed ({status})")
+        return np.array(out).reshape(1, -1)
+
+    return Session(run=run)
+
+
+def _pnnx_convert(w: Workload) -> tuple[Path, Path]:
+    """The model as ncnn ``.param``/``.bin`` via pnnx: a TorchScript trace, else the ONNX file."""
+    import pnnx
+
+    out = w.scratch / "ncnn"
+    out.mkdir(exist_ok=True)
+    if w.torch_module is not None:
+        import torch
+
+        source = out / f"{w.name}.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(w.torch_module.eval(), torch.zeros(w.input_shape)).save(str(source))
+    else:
+        source = _inline_external_data(w.onnx(), out)
+    stem = out / w.name
+    outputs = {"pnnxparam": ".pnnx.param", "pnnxbin": ".pnnx.bin", "pnnxpy": "_pnnx.py", "pnnxonnx": ".pnnx.onnx",
+               "ncnnparam": ".ncnn.param", "ncnnbin": ".ncnn.bin", "ncnnpy": "_ncnn.py"}
+    shape = ",".join(map(str, w.input_shape))
+    command = [pnnx.EXEC_PATH, str(source), f"inputshape=[{shape}]f32", "fp16=0", "device=cpu",
+               *(f"{key}={stem}{suffix}" for key, suffix in outputs.items())]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=out)
+    param, weights = Path(f"{stem}.ncnn.param"), Path(f"{stem}.ncnn.bin")
+    if done.returncode != 0 or not param.is_file() or not weights.is_file():
+        tail = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][-1:] or ["no output"]
+        raise Unavailable(f"pnnx could not convert the model (exit {done.returncode}): {tail[0][:200]}")
+    return param, weights
+
+
+def _inline_external_data(path: Path, out: Path) -> Path:
+    """``path`` as one self-contained file: pnnx cannot read weights kept in a separate ``.data`` file."""
+    import onnx
+
+    model = onnx.load(str(path))  # reads external data next to the file
+    inlined = out / f"{path.stem}.inline.onnx"
+    onnx.save(model, str(inlined), save_as_external_data=False)
+    return inlined
+
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    Engine("tvm_shuffle-tuned", "tvm_shuffle tuned", ("tvm",), "apache-tvm==0.27.0.post1",
+           ("apache-tvm", "tvm_shuffle"), _tvm_tuned, remote=True,
+           note="built from the work directory's MetaSchedule database"),
+    Engine("tvm_shuffle-untuned", "tvm_shuffle untuned", ("tvm",), "apache-tvm==0.27.0.post1",
+           ("apache-tvm", "tvm_shuffle"), _tvm_untuned, remote=True, note="default schedules, no tuning"),
+    Engine("pytorch", "PyTorch eager", ("torch",), "torch==2.13.0", ("torch",), _torch_eager,
+           note="inference_mode"),
+    Engine("torch.compile", "torch.compile", ("torch",), "torch==2.13.0", ("torch",), _torch_compile,
+           note="default mode (inductor); compile time not counted"),
+    Engine("onnxruntime", "ONNX Runtime", ("onnxruntime",), "onnxruntime", ("onnxruntime",), _onnxruntime,
+           note="CPU execution provider, all graph optimizations, sequential"),
+    Engine("openvino", "OpenVINO", ("openvino",), "openvino", ("openvino",), _openvino,
+           note="CPU plugin, LATENCY hint, one stream, f32 precision"),
+    Engine("ncnn", "ncnn (pnnx)", ("ncnn", "pnnx"), "ncnn pnnx", ("ncnn", "pnnx"), _ncnn,
+           note="converted with pnnx (fp32 weights), fp16/bf16 storage off, no Vulkan"),
+)}
+
+REFERENCE = "pytorch"  # numerics are compared against this engine (ONNX Runtime when it cannot run)
+FALLBACK_REFERENCE = "onnxruntime"
+
+
+def select(names: Sequence[str] | None) -> list[Engine]:
+    """The engines named (registry order), all when ``names`` is None."""
+    from tvm_shuffle.errors import unknown_name
+
+    if names is None:
+        return list(ENGINES.values())
+    for name in names:
+        if name not in ENGINES:
+            raise unknown_name("engine", name, ENGINES)
+    return [e for e in ENGINES.values() if e.name in names]
+
+
+__all__ = ["Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
+           "set_tvm_threads", "first_line"]

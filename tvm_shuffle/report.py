@@ -1,0 +1,452 @@
+"""``python -m tvm_shuffle.report``: tvm_shuffle side by side with the engines a user would pick instead.
+
+One run measures, with the same threads, warm-up and repetitions: tvm_shuffle
+tuned (from the work directory's tuning database) and untuned, PyTorch eager,
+torch.compile, ONNX Runtime, OpenVINO and ncnn (via pnnx), and checks every
+engine's output against PyTorch on several random inputs. It adds a
+per-kernel profile of the tvm_shuffle library, the tuning curve, the model
+zoo's MACs and parameters beside the papers' figures, and the machine.
+
+Writes, in --out: the data (``<stem>.json``, ``<stem>_*.csv``), then
+``<stem>.md`` and one self-contained ``<stem>.html`` with charts; the stem
+names model, target and machine, e.g.
+``report_shufflenet_v2_x1_0_x86-znver4_amd-epyc-2c``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tvm_shuffle import machine, peers, targets
+from tvm_shuffle.compile import add_model_arguments, add_target_arguments, import_model, resolve_target
+from tvm_shuffle.errors import UserError, cli_entry
+
+DEFAULT_WARMUP = 10
+DEFAULT_REPEAT = 50
+DEFAULT_NUMERICS_INPUTS = 5
+SCHEMA_VERSION = 1
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+
+EPILOG = """examples:
+  python -m tvm_shuffle.report --model shufflenet_v2_x1_0 --target x86 --out reports/
+  python -m tvm_shuffle.report --onnx my_model.onnx --target x86 --out reports/ --threads 1
+  python -m tvm_shuffle.report --model shufflenet_v2_x0_5 --input-shape 1,3,64,64 --target x86 \\
+      --peers tvm_shuffle-untuned,pytorch,onnxruntime --repeat 20 --out /tmp/quick
+  python -m tvm_shuffle.report --model shufflenet_v2_x1_0 --target arm --out reports/ \\
+      --rpc-tracker 192.168.1.10:9190 --rpc-key rpi4
+
+The tuned row is built from WORK_DIR's records of `python -m tvm_shuffle.tune` for the same
+--model/--input-shape/--target/--shuffle; without them the row says which command makes them.
+A peer that is not installed, or cannot run the model, says so in its row; the rest completes."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tvm_shuffle.report", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    add_target_arguments(parser)
+    parser.add_argument("--work-dir", default="work", metavar="DIR",
+                        help="where `python -m tvm_shuffle.tune` keeps its records (default: ./work)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the report files")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads for every engine (default: the physical cores, here "
+                             f"{machine.describe()['physical_cores']}; on a remote device: its TVM default)")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, metavar="N",
+                        help=f"untimed runs per engine before timing (default: {DEFAULT_WARMUP})")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
+                        help=f"timed runs per engine (default: {DEFAULT_REPEAT})")
+    parser.add_argument("--numerics-inputs", type=int, default=DEFAULT_NUMERICS_INPUTS, metavar="N",
+                        help=f"random inputs compared against PyTorch (default: {DEFAULT_NUMERICS_INPUTS})")
+    parser.add_argument("--peers", metavar="A,B,...",
+                        help=f"engines to measure (default: all): {', '.join(peers.ENGINES)}")
+    parser.add_argument("--no-zoo-table", action="store_true", help="leave out the model zoo table (saves ~5 s)")
+    remote = parser.add_argument_group("remote device (boards, GPUs): the tvm_shuffle rows run there")
+    remote.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker the device is registered with")
+    remote.add_argument("--rpc-key", metavar="KEY", help="the device's key (rpc_server --key)")
+    remote.add_argument("--rpc-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="give up on an unreachable tracker or busy device after this long (default: 60)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+
+def random_inputs(shape: Sequence[int], dtype: str, count: int) -> list[np.ndarray]:
+    """``count`` seeded standard-normal inputs; the first one is also the timing input.
+
+    64-byte aligned, as TVM's kernels require: otherwise the tvm_shuffle rows
+    would pay for a copy that no other engine makes.
+    """
+    from tvm_shuffle.runtime import aligned_copy
+
+    return [aligned_copy(np.random.default_rng(seed).standard_normal(shape).astype(dtype)) for seed in range(count)]
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
+            "mean_ms": float(ms.mean()), "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0}
+
+
+def numerics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | None) -> dict[str, Any]:
+    """Max abs error and top-1 agreement (over inputs x batch rows) against the reference outputs."""
+    if not reference:
+        return {"max_abs_err": None, "top1_agreement": None, "numerics_note": "no reference engine ran"}
+    errors, agree, rows = [], 0, 0
+    for out, ref in zip(outputs, reference):
+        out = np.asarray(out, dtype=np.float64)
+        if out.size != ref.size:
+            return {"max_abs_err": None, "top1_agreement": None,
+                    "numerics_note": f"output shape {out.shape} does not match the reference's {ref.shape}"}
+        out = out.reshape(ref.shape)
+        errors.append(float(np.abs(out - ref).max()))
+        flat_out, flat_ref = out.reshape(ref.shape[0], -1), ref.reshape(ref.shape[0], -1)
+        agree += int((flat_out.argmax(1) == flat_ref.argmax(1)).sum())
+        rows += ref.shape[0]
+    return {"max_abs_err": max(errors), "top1_agreement": agree / rows, "numerics_note": ""}
+
+
+def _row(engine: peers.Engine, status: str, reason: str = "", **extra) -> dict[str, Any]:
+    return {"name": engine.name, "label": engine.label, "version": engine.version(), "status": status,
+            "reason": reason, "note": engine.note, **{k: None for k in _STAT_KEYS}, "max_abs_err": None,
+            "top1_agreement": None, "numerics_note": "", "details": {}, **extra}
+
+
+_STAT_KEYS = ("median_ms", "p90_ms", "min_ms", "mean_ms", "std_ms")
+
+
+def measure_engine(engine: peers.Engine, workload: peers.Workload, inputs: Sequence[np.ndarray],
+                   reference: Sequence[np.ndarray] | None, *, warmup: int, repeat: int) -> dict[str, Any]:
+    """One engine's row: status, latency statistics, numerics; never raises for the engine's own failures."""
+    missing = engine.missing()
+    if missing:
+        return _row(engine, "not installed", f"not installed (pip install {engine.install})")
+    if workload.tracker is not None and not engine.remote:
+        return _row(engine, "not run", f"runs on this host only, not on the {_device_words(workload)}")
+    try:
+        session = engine.prepare(workload)
+    except (peers.Unavailable, UserError) as err:  # UserError: e.g. a corrupt tuning database, named in the cell
+        return _row(engine, "unavailable", str(err))
+    except Exception as err:  # an engine's own bug or limitation: its cell says so, the report goes on
+        return _row(engine, "failed", f"{type(err).__name__}: {peers.first_line(err)}")
+    try:
+        outputs = [session.run(x) for x in inputs]
+        seconds = session.times(inputs[0], warmup=warmup, repeat=repeat)
+    except Exception as err:
+        return _row(engine, "failed", f"{type(err).__name__} while running: {peers.first_line(err)}",
+                    details=session.details)
+    finally:
+        session.close()
+    return _row(engine, "ok", **latency_stats(seconds), **numerics(outputs, reference), details=session.details,
+                samples_ms=[round(s * 1e3, 4) for s in seconds], library=session.library)
+
+
+def reference_outputs(workload: peers.Workload, inputs: Sequence[np.ndarray]) -> tuple[str | None, list | None]:
+    """Outputs of PyTorch eager (ONNX Runtime for ONNX input) on ``inputs``, run on this host."""
+    for name in (peers.REFERENCE, peers.FALLBACK_REFERENCE):
+        engine = peers.ENGINES[name]
+        if engine.missing():
+            continue
+        try:
+            session = engine.prepare(workload)
+        except peers.Unavailable:
+            continue
+        try:
+            return name, [np.asarray(session.run(x), dtype=np.float64) for x in inputs]
+        finally:
+            session.close()
+    return None, None
+
+
+def speedups(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """``result[a][b]``: how many times faster engine a is than engine b (ratio of medians)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {a["name"]: {b["name"]: b["median_ms"] / a["median_ms"] for b in ok if b is not a} for a in ok}
+
+
+def _device_words(workload: peers.Workload) -> str:
+    emulated = "emulated " if workload.emulated else ""
+    return f"{emulated}device {workload.tracker.key!r} (via {workload.tracker.address})"
+
+
+# ---------------------------------------------------------------------------
+# Profile, tuning curve, model table
+
+
+def kernel_profile(workload: peers.Workload, rows: Sequence[dict], x: np.ndarray, peaks: dict,
+                   log=lambda message: None) -> dict[str, Any]:
+    """Per-kernel profile of the tuned library (the untuned one without tuning records)."""
+    from tvm_shuffle import build, passes, profile
+
+    built = [r for r in rows if r["name"].startswith("tvm_shuffle") and r["status"] == "ok"]
+    if workload.tracker is not None:
+        return {"note": f"per-kernel profiles are taken on this host only; the library ran on the "
+                        f"{_device_words(workload)}", "rows": []}
+    if workload.spec.family == "cuda" or not built:
+        return {"note": "no tvm_shuffle library ran on this host's CPU, so there is nothing to profile", "rows": []}
+    chosen = built[0]
+    log(f"profiling the {chosen['label']} library per kernel")
+    lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
+    kernel_rows = profile.profile(chosen["library"], lowered, x)
+    total_us = sum(r.us for r in kernel_rows)
+    table = []
+    for r in kernel_rows:
+        table.append({"kernel": r.name, "category": r.category, "calls": r.calls, "us": r.us, "share": r.share,
+                      "flops": r.flops, "bytes": r.bytes, "gflops": r.gflops, "gbps": r.gbps,
+                      "pct_peak_flops": 100 * r.gflops / peaks["gflops"] if r.gflops and peaks.get("gflops") else None,
+                      "pct_peak_bw": 100 * r.gbps / peaks["gbps"] if r.gbps and peaks.get("gbps") else None})
+    return {"engine": chosen["name"], "rows": table, "shares": profile.category_shares(kernel_rows),
+            "total_us": total_us, "end_to_end_ms": chosen["median_ms"],
+            "model_flops": sum(r.flops for r in kernel_rows),
+            "note": (f"{chosen['label']} library, {profile.DEFAULT_RUNS} runs, median per call, timed from the "
+                     "Relax VM's instrument hook less the hook's own cost")}
+
+
+def tuning_curve(workload: peers.Workload) -> dict[str, Any]:
+    """MetaSchedule's end-to-end estimate (sum over kernels of calls x best so far) after each record."""
+    import json
+
+    from tvm_shuffle import build, passes
+    from tvm_shuffle.tuning import database, session, tasks
+
+    directory = database.database_dir(workload.work_dir, workload.spec, workload.imported.name,
+                                      workload.input_shape, workload.shuffle)
+    records_path, workloads_path = directory / database.RECORDS, directory / database.WORKLOADS
+    if not records_path.is_file() or not workloads_path.is_file():
+        return {"points": [], "database": str(directory),
+                "note": f"no tuning database in {directory}; create one with: {workload.tune_command}"}
+    import tvm_ffi
+
+    lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
+    task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=session.physical_cores()))
+    weight_by_hash = {str(tvm_ffi.structural_hash(t.mod)): t.weight for t in task_list}
+    hashes = [json.loads(line)[0] for line in workloads_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    best: dict[str, float] = {}
+    points = []
+    lines = [line for line in records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for trial, line in enumerate(lines, start=1):
+        try:
+            index, (_trace, run_secs, *_rest) = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of an interrupted run
+        digest = hashes[index] if index < len(hashes) else None
+        seconds = statistics.mean(float(s) for s in run_secs) if run_secs else float("inf")
+        if digest in weight_by_hash and seconds < database.FAILED_RUN_SECONDS:
+            best[digest] = min(seconds, best.get(digest, float("inf")))
+        if len(best) == len(weight_by_hash):
+            points.append([trial, 1e3 * sum(weight_by_hash[h] * s for h, s in best.items())])
+    note = "" if points else (f"MetaSchedule has records for {len(best)} of {len(weight_by_hash)} kernels after "
+                              f"{len(lines)} trials; the estimate needs all of them")
+    return {"points": points, "database": str(directory), "trials": len(lines), "tasks": len(weight_by_hash),
+            "tasks_measured": len(best), "note": note}
+
+
+def model_table() -> list[dict]:
+    from tvm_shuffle import models
+
+    return models.zoo_table()
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+def file_stem(model: str, input_shape: Sequence[int], target_dir: str, machine_tag: str, *,
+              shuffle: str = "fused", threads: str = "") -> str:
+    """``report_<model>[_<shape>]_<target>[_stock]_<machine>[_<threads>]``: every file names its full setup.
+
+    The parts in brackets appear only when they differ from the defaults
+    (1x3x224x224, fused shuffles, one thread per physical core).
+    """
+    shape = "" if tuple(input_shape) == DEFAULT_INPUT_SHAPE else "_" + "x".join(map(str, input_shape))
+    mode = "" if shuffle == "fused" else f"_{shuffle}"
+    suffix = f"_{threads}" if threads else ""
+    return f"report_{_safe(model)}{shape}_{_safe(target_dir)}{mode}_{_safe(machine_tag)}{suffix}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def tune_command(args: argparse.Namespace, spec: targets.TargetSpec) -> str:
+    from tvm_shuffle.tune import model_flags
+
+    target = f"--target-file {args.target_file}" if args.target_file else f"--target {spec.name}"
+    parts = ["python -m tvm_shuffle.tune", target, model_flags(args), f"--work-dir {args.work_dir}"]
+    if args.shuffle != "fused":
+        parts.append(f"--shuffle {args.shuffle}")
+    if args.rpc_tracker:
+        parts.append(f"--rpc-tracker {args.rpc_tracker} --rpc-key {args.rpc_key}")
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def _tvm_threads(threads: int):
+    """TVM's thread pool reads TVM_NUM_THREADS when it first starts; set it before anything runs."""
+    saved = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
+
+
+def make_report(args: argparse.Namespace, argv: Sequence[str], *, engines: Sequence[peers.Engine] | None = None,
+                log=None) -> dict[str, Any]:
+    """Measure everything and return the report's data (what ``<stem>.json`` holds)."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    spec = resolve_target(args)
+    targets.require_cross_compiler(spec)
+    host = machine.describe(args.threads)
+    threads = host["threads"]
+    engines = list(engines) if engines is not None else peers.select(_peer_names(args.peers))
+    tracker, emulated = _remote(args, spec)
+    with _tvm_threads(threads), tempfile.TemporaryDirectory(prefix="tvm_shuffle_report_") as scratch:
+        imported = import_model(args)
+        workload = peers.Workload(
+            name=imported.name, imported=imported, spec=spec, threads=threads, scratch=Path(scratch),
+            work_dir=Path(args.work_dir), shuffle=args.shuffle, torch_module=_torch_module(args),
+            onnx_file=Path(args.onnx) if args.onnx else None, tracker=tracker, emulated=emulated,
+            device_threads=args.threads if tracker else None, tune_command=tune_command(args, spec))
+        inputs = random_inputs(imported.input_shape, imported.input_dtype, max(1, args.numerics_inputs))
+        log(f"measuring {len(engines)} engines on {imported.name} {'x'.join(map(str, imported.input_shape))}, "
+            f"{threads} threads, {args.warmup} warm-up + {args.repeat} timed runs each")
+        reference_name, reference = reference_outputs(workload, inputs)
+        rows = []
+        with _progress(len(engines), args.quiet) as bar:
+            for engine in engines:
+                bar.set_postfix_str(engine.label)  # torch.compile, say, compiles for a minute here
+                rows.append(measure_engine(engine, workload, inputs, reference, warmup=args.warmup,
+                                           repeat=args.repeat))
+                bar.write(f"  {engine.label}: " + (f"{rows[-1]['median_ms']:.3f} ms" if rows[-1]["status"] == "ok"
+                                                   else rows[-1]["reason"]), file=sys.stderr)
+                bar.update()
+        peaks = machine.measure_peaks(threads)
+        kernels = kernel_profile(workload, rows, inputs[0], peaks, log)
+        curve = tuning_curve(workload)
+    for row in rows:
+        row.pop("library", None)
+    tuned = next((r for r in rows if r["name"] == "tvm_shuffle-tuned"), None)
+    untuned = next((r for r in rows if r["name"] == "tvm_shuffle-untuned"), None)
+    curve["tuned_ms"] = tuned["median_ms"] if tuned else None
+    curve["untuned_ms"] = untuned["median_ms"] if untuned else None
+    from tvm_shuffle.tuning import database
+
+    target_dir = database.target_dir_name(spec)
+    device = ({"kind": "remote", "key": tracker.key, "tracker": tracker.address, "emulated": emulated,
+               "arch": spec.runtime_arch} if tracker else {"kind": "local", "arch": host["arch"], "emulated": False})
+    tag = f"rpc-{tracker.key}{'-emulated' if emulated else ''}" if tracker else machine.tag(host)
+    zoo = [] if args.no_zoo_table else model_table()
+    return {
+        "schema": SCHEMA_VERSION,
+        "stem": file_stem(imported.name, imported.input_shape, target_dir, tag, shuffle=args.shuffle,
+                          threads="" if args.threads in (None, host["physical_cores"]) else f"{args.threads}t"),
+        "command": shlex.join(["python", "-m", "tvm_shuffle.report", *argv]),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": imported.name, "source": imported.source, "input_shape": list(imported.input_shape),
+                  "input_dtype": imported.input_dtype, "tvm_flops": kernels.get("model_flops"),
+                  **_zoo_figures(imported.name, zoo)},
+        "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "dir": target_dir},
+        "machine": {**host, "peaks": peaks},
+        "device": device,
+        "setup": {"threads": threads, "device_threads": workload.device_threads if tracker else threads,
+                  "warmup": args.warmup, "repeat": args.repeat,
+                  "numerics_inputs": len(inputs), "shuffle": args.shuffle, "reference": reference_name,
+                  "work_dir": str(args.work_dir)},
+        "engines": rows,
+        "speedups": speedups(rows),
+        "profile": kernels,
+        "tuning": curve,
+        "models": zoo,
+    }
+
+
+def _zoo_figures(name: str, zoo: Sequence[dict]) -> dict:
+    row = next((r for r in zoo if r["name"] == name), None)
+    keys = ("macs", "params", "paper_macs", "paper_params")
+    return {k: row[k] for k in keys} if row else {k: None for k in keys}
+
+
+def _peer_names(text: str | None) -> list[str] | None:
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _torch_module(args: argparse.Namespace):
+    """The PyTorch module behind the model: the zoo's, the .pt2 program's, or None for ONNX."""
+    if args.model:
+        from tvm_shuffle import models
+
+        return models.build_model(args.model, weights=args.weights)
+    if args.torch:
+        import torch
+
+        return torch.export.load(args.torch).module()
+    return None
+
+
+def _remote(args: argparse.Namespace, spec: targets.TargetSpec):
+    """(tracker, emulated) for --rpc-tracker; an error when the target cannot run here and none is given."""
+    from tvm_shuffle.tuning import rpc, runner
+
+    if args.rpc_tracker:
+        tracker = rpc.parse_tracker(args.rpc_tracker, args.rpc_key, args.rpc_timeout)
+        found = rpc.probe(tracker, "cuda" if spec.family == "cuda" else "cpu")
+        return tracker, found.emulated
+    if not runner.runs_here(spec):
+        raise UserError(f"target {spec.name} runs on {spec.description}, not on this {targets.host_machine()} "
+                        f"machine; attach one with --rpc-tracker HOST:PORT --rpc-key KEY "
+                        f"(python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the device)")
+    return None, False
+
+
+def _progress(total: int, quiet: bool):
+    """A progress bar over the engines (disabled, but still usable, with --quiet)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="engines", unit="engine", file=sys.stderr, leave=False, disable=quiet)
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("repeat", "warmup", "numerics_inputs", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup' else 1}")
+    if args.rpc_key and not args.rpc_tracker:
+        parser.error("--rpc-key needs --rpc-tracker HOST:PORT")
+    peers.select(_peer_names(args.peers))  # an unknown engine fails before the slow part
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    from tvm_shuffle import report_render
+
+    data = make_report(args, argv)
+    for path in report_render.write_all(data, Path(args.out)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
