@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     rows = [measure_case(*case, spec, args.repeat) for case in tqdm(cases, desc="benchmark", unit="case")]
     cpu = spec.target.get("mcpu", "cpu")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    header = (f"Untuned (default schedules), {spec.name} mcpu={cpu}, {args.threads} threads, TVM {TVM_VERSION}, "
+    header = (f"Untuned (default schedules), {spec.name} mcpu={cpu}, {args.threads} thread(s), TVM {TVM_VERSION}, "
               f"{platform.node()} (load average {load} at the end); median of {args.repeat} runs per variant "
               f"in {ROUNDS} alternating rounds.")
     table = render(rows, header)
