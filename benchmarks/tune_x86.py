@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"

@@ -145,3 +145,27 @@ def test_database_directories_name_target_model_shape_and_mode():
     directory = database.database_dir("work", spec, "my model", (1, 3, 224, 224), "fused")
     assert directory.parts == ("work", "arm-rpi4-cortex-a72", "my_model-1x3x224x224-fused")
     assert database.target_dir_name(targets.get("cuda-sm_80")) == "cuda-sm_80"
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+def test_progress_estimate_and_stop_when_the_device_stops_answering():
+    import io
+
+    from tvm_shuffle.tuning.progress import MAX_FAILED_BATCHES, Progress, TaskState
+
+    stream = io.StringIO()
+    progress = Progress([TaskState("conv", weight=3), TaskState("pool", weight=1, best_seconds=2e-6)],
+                        total=20, done=4, quiet=True, stream=stream)
+    assert progress.estimate_text() == "best e2e estimate 0.00 ms (1/2 tasks)"
+    progress.record(0, [1e-5, None, 2e-5], run_errors=["RPCRunner: timeout"])
+    assert progress.estimate_seconds() == (pytest.approx(3 * 1e-5 + 2e-6), 2)
+    assert (progress.measured, progress.failed) == (2, 1)
+    assert "7/20 trials" in stream.getvalue()  # 4 earlier + 3 now, logged in --quiet mode
+
+    for _ in range(MAX_FAILED_BATCHES):
+        assert not progress.failing
+        progress.record(1, [None, None], run_errors=["RPCRunner: no free device"] * 2)
+    assert progress.failing
+    assert "RPCRunner: no free device" in str(progress.failure())
+    assert "records measured so far are kept" in str(progress.failure())

@@ -10,7 +10,9 @@ device over RPC and matches PyTorch within rtol=1e-4, atol=1e-5.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +47,9 @@ def free_port() -> int:
 
 
 def start(*argv: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    """A server in its own process group: the tracker forks its worker, which must go down with it."""
+    return subprocess.Popen([sys.executable, "-m", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def wait_for(condition, what: str, timeout: float = 120) -> None:
@@ -72,7 +76,7 @@ def tracker(tmp_path_factory):
         yield address
     finally:
         for process in reversed(processes):
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 

@@ -92,7 +92,7 @@ def tuned(tiny_pt2, work, tmp_path_factory):
     return out
 
 
-def test_tuned_library_matches_pytorch(tuned, work, tiny_module, capsys):
+def test_tuned_library_matches_pytorch(tuned, work, tiny_module):
     x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype("float32")
     (y,) = runtime.load(tuned)(x)
     with torch.no_grad():
@@ -180,3 +180,27 @@ def test_killed_run_keeps_its_records_and_the_next_run_resumes(tiny_pt2, tmp_pat
     assert tune(tiny_pt2, work, tmp_path / "out", budget) == 0
     assert database.own_trials(directory) == budget  # only the remainder was measured
     assert measured_twice(directory) == 0
+
+
+def test_search_never_sends_a_candidate_twice(tiny_pt2, tmp_path):
+    """The same random search run twice proposes the same candidates: the second run measures none of them."""
+    from tvm_shuffle import build, frontends, passes, targets
+    from tvm_shuffle.tuning import builder, runner, search, tasks
+    from tvm_shuffle.tvm_compat import ms
+
+    spec = targets.get("x86")
+    target = tasks.tuning_target(spec, host_cores=1)
+    lowered = build.lower(passes.optimize(frontends.from_pt2(tiny_pt2).mod), spec)
+    task = next(t for t in tasks.extract(lowered, target) if t.name == "mean")
+    db = database.open_database(tmp_path)
+    local = runner.local(spec).runner
+    skipped = []
+    for _ in range(2):
+        strategy = search.ResumingSearch(search.Budget(8), inner=ms.search_strategy.ReplayTrace())
+        context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                                 search_strategy=strategy, task_name=task.name, num_threads=1, rand_state=7)
+        ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(tmp_path), max_trials_global=8,
+                      num_trials_per_iter=4, builder=builder.InProcessBuilder(threads=1), runner=local, database=db)
+        skipped.append(strategy.skipped)
+    assert skipped[1] > 0  # the repeats were proposed again, and dropped
+    assert measured_twice(tmp_path) == 0

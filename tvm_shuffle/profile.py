@@ -12,9 +12,9 @@ FLOPs come from TVM's own estimate on each fused TIR kernel
 (``estimate_tir_flops``), bytes moved from the sizes of the kernel's buffers
 (each input read once, each output written once: a lower bound). Kernels
 without FLOPs that only move data (concat, split, transpose, reshape, the
-channel shuffle) are classified as ``data movement``; ShuffleNet spends a
-surprising share of its time there unless they are fused away
-(``--shuffle fused``).
+channel shuffle) are classified as ``data movement``: that is where
+ShuffleNet's shuffles, splits and concats show up when they are not fused
+away (``--shuffle stock``).
 """
 
 from __future__ import annotations

@@ -309,15 +309,14 @@ def _tvm_threads(threads: int):
             os.environ["TVM_NUM_THREADS"] = saved
 
 
-def make_report(args: argparse.Namespace, argv: Sequence[str], *, engines: Sequence[peers.Engine] | None = None,
-                log=None) -> dict[str, Any]:
+def make_report(args: argparse.Namespace, argv: Sequence[str], *, log=None) -> dict[str, Any]:
     """Measure everything and return the report's data (what ``<stem>.json`` holds)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     spec = resolve_target(args)
     targets.require_cross_compiler(spec)
     host = machine.describe(args.threads)
     threads = host["threads"]
-    engines = list(engines) if engines is not None else peers.select(_peer_names(args.peers))
+    engines = peers.select(_peer_names(args.peers))
     tracker, emulated = _remote(args, spec)
     with _tvm_threads(threads), tempfile.TemporaryDirectory(prefix="tvm_shuffle_report_") as scratch:
         imported = import_model(args)

@@ -76,8 +76,6 @@ def model_flags(args: argparse.Namespace) -> str:
 def choose_device(args: argparse.Namespace, spec: targets.TargetSpec) -> runner.Device:
     if args.rpc_tracker:
         return runner.remote(spec, rpc.parse_tracker(args.rpc_tracker, args.rpc_key, args.rpc_timeout))
-    if not runner.runs_here(spec):
-        raise runner.no_device_error(spec, model_flags(args))
     return runner.local(spec)
 
 
@@ -127,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--trials must be >= 0")
     spec = resolve_target(args)
     targets.require_cross_compiler(spec)
+    if not args.rpc_tracker and not runner.runs_here(spec):
+        raise runner.no_device_error(spec, model_flags(args))
     database.prepare_dir(Path(args.work_dir))
     device = choose_device(args, spec)
     imported = import_model(args)

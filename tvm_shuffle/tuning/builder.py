@@ -25,6 +25,10 @@ from tvm_shuffle.tvm_compat import cc, derived_object, ms
 
 ARTIFACT = "candidate.so"
 
+# default_build calls tvm.driver.build, which warns on every call; set once,
+# because warnings.catch_warnings is not safe in the builder's threads.
+warnings.filterwarnings("ignore", message="build is deprecated", category=DeprecationWarning)
+
 
 @dataclasses.dataclass
 class BuildStats:
@@ -39,12 +43,10 @@ class BuildStats:
         return self.seconds / self.candidates if self.candidates else 0.0
 
 
-def compile_candidate(mod, target) -> "tvm.runtime.Module":
-    """The stock builder's compile step (``default_build``), minus its deprecation warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with target:  # CUDA device code needs the target's arch in scope
-            return ms.builder.local_builder.default_build(mod, target, None)
+def compile_candidate(mod, target):
+    """The stock builder's compile step (``default_build``)."""
+    with target:  # CUDA device code needs the target's arch in scope
+        return ms.builder.local_builder.default_build(mod, target, None)
 
 
 def export_candidate(rt_mod, compiler: str | None) -> str:

@@ -32,6 +32,11 @@ def unscheduled_candidate(mod) -> "ms.MeasureCandidate":
     return ms.MeasureCandidate(Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
 
 
+# Rounds in a row without a new candidate before a task is declared exhausted
+# (MetaSchedule's own evolutionary search gives up after 5 empty rounds too).
+MAX_EMPTY_ROUNDS = 5
+
+
 class Budget:
     """Candidates this run may still send to the builder, shared by every task's strategy."""
 
@@ -51,6 +56,7 @@ class ResumingSearch(ms.search_strategy.PySearchStrategy):
         self.context = None
         self.measured: set[int] = set()
         self.skipped = 0
+        self.empty_rounds = 0
 
     def _initialize_with_tune_context(self, context) -> None:
         self.context = context
@@ -78,6 +84,9 @@ class ResumingSearch(ms.search_strategy.PySearchStrategy):
             if candidates is None:
                 return None
             fresh = self._unmeasured(candidates)
+            self.empty_rounds = 0 if fresh else self.empty_rounds + 1
+            if self.empty_rounds >= MAX_EMPTY_ROUNDS:
+                return None  # the inner search only proposes what was measured: its space is exhausted
         fresh = fresh[: self.budget.left]
         self.budget.left -= len(fresh)
         return fresh

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tvm_shuffle import build, passes, schedules
+from tvm_shuffle import build, passes, schedules, targets
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tuning import database, logs, tasks
@@ -98,15 +98,15 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
     budget = spec.default_trials if trials is None else trials
     done = database.own_trials(directory)
     outcome = Outcome(directory, db, states, budget, done, shared=shared)
-    if done >= budget:
+    if done >= budget or not task_list:
         log(f"{done} trials already measured for this model (budget {budget}): nothing to tune; "
-            "pass a larger --trials to tune further")
+            "pass a larger --trials to tune further" if task_list else "the model has no kernels to tune")
         return outcome
 
     per_batch = tasks.trials_per_batch(budget - done, len(task_list))
     log(f"tuning {len(task_list)} tasks on {device.description}: {budget - done} trials left of {budget} "
         f"({done} done before), {per_batch} per batch; records in {directory}")
-    builder = InProcessBuilder(_linker(spec), threads=cores)
+    builder = InProcessBuilder(targets.require_cross_compiler(spec), threads=cores)
     left = Budget(budget - done)
     strategies = [ResumingSearch(left, _default_candidates(t, target, spec)) for t in task_list]
     start = time.perf_counter()
@@ -141,8 +141,3 @@ def _default_candidates(task: tasks.Task, target, spec: TargetSpec) -> list:
         return []
     return schedules.default_candidates(task.mod, target) or [unscheduled_candidate(task.mod)]
 
-
-def _linker(spec: TargetSpec) -> str | None:
-    from tvm_shuffle import targets
-
-    return targets.require_cross_compiler(spec)
