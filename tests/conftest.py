@@ -59,3 +59,72 @@ def tiny_onnx_classic(tmp_path, tiny_module):
     torch.onnx.export(tiny_module, (torch.randn(*TINY_SHAPE),), str(path), dynamo=False, opset_version=11,
                       input_names=["image"], output_names=["logits"])
     return path
+
+
+EMULATED_ARM_KEY = "arm-emu"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+def _start(*argv: str, log):
+    """A server in its own process group: the tracker forks its worker, which must go down with it."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _reachable(tracker) -> bool:
+    from tvm_shuffle.tuning import rpc
+
+    try:
+        rpc.check_reachable(tracker)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def emulated_arm_tracker(tmp_path_factory):
+    """A loopback RPC tracker with one qemu-emulated aarch64 device registered under EMULATED_ARM_KEY.
+
+    Session-scoped: the device takes a while to start, and the tune and report tests share it.
+    """
+    import os
+    import signal
+
+    from tvm_shuffle.tuning import rpc
+
+    logs = tmp_path_factory.mktemp("rpc")
+    port = free_port()
+    processes = [_start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                        str(port + 1), "--silent", log=logs / "tracker.log")]
+    try:
+        tracker = rpc.Tracker("127.0.0.1", port, EMULATED_ARM_KEY, timeout=30)
+        wait_for(lambda: _reachable(tracker), "the tracker did not start", 60)
+        processes.append(_start("tvm_shuffle.tuning.emulated_device", "--tracker", tracker.address,
+                                "--key", EMULATED_ARM_KEY, log=logs / "device.log"))
+        wait_for(lambda: rpc.registered_servers(tracker).get(EMULATED_ARM_KEY),
+                 "the emulated device did not register", 300)
+        yield tracker
+    finally:
+        for process in reversed(processes):  # each in its own group, with the workers it started
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
