@@ -11,7 +11,7 @@
 * :mod:`.scheduler`: MetaSchedule's gradient task scheduler, committing every
   batch at once and stopping cleanly on Ctrl-C;
 * :mod:`.builder`: compiles candidates in this process (no per-batch worker start-up);
-* :mod:`.measure_inputs`: kernel inputs for measuring (valid indices for gathers);
+* :mod:`.measurement`: kernel inputs (valid indices for gathers) and a load-robust timing;
 * :mod:`.runner` / :mod:`.rpc`: where candidates run (local CPU, or a board or
   GPU behind TVM's RPC tracker, with timeouts);
 * :mod:`.progress` / :mod:`.logs`: the progress bar; MetaSchedule's logs go to files;
@@ -20,5 +20,5 @@
   qemu behind the tracker, for CI.
 
 Nothing is imported here: MetaSchedule's runner workers import :mod:`.rpc`
-and :mod:`.measure_inputs` by name and need none of the rest.
+and :mod:`.measurement` by name and need none of the rest.
 """

@@ -18,7 +18,7 @@ import numpy as np
 from tvm_shuffle import targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.targets import TargetSpec
-from tvm_shuffle.tuning import measure_inputs, rpc
+from tvm_shuffle.tuning import measurement, rpc
 from tvm_shuffle.tvm_compat import ms, relax, tvm
 
 LOCAL_TIMEOUT_S = 30  # per candidate; the slowest ShuffleNet kernels run in milliseconds
@@ -44,7 +44,9 @@ def runs_here(spec: TargetSpec) -> bool:
 
 def local(spec: TargetSpec) -> Device:
     kind = "GPU" if spec.family == "cuda" else "CPU"
-    runner = ms.runner.LocalRunner(timeout_sec=LOCAL_TIMEOUT_S, f_alloc_argument=measure_inputs.local)
+    runner = ms.runner.LocalRunner(timeout_sec=LOCAL_TIMEOUT_S, evaluator_config=measurement.EVALUATOR,
+                                   f_alloc_argument=measurement.local_inputs,
+                                   f_run_evaluator=measurement.local_fastest)
     return Device(runner, f"this machine's {kind}", remote=False)
 
 
@@ -53,8 +55,9 @@ def remote(spec: TargetSpec, tracker: rpc.Tracker) -> Device:
     found = rpc.probe(tracker, "cuda" if spec.family == "cuda" else "cpu")
     config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
                                  session_timeout_sec=int(tracker.timeout))
-    runner = ms.runner.RPCRunner(rpc_config=config, f_create_session=rpc.create_session,
-                                 f_alloc_argument=measure_inputs.remote, max_workers=found.servers)
+    runner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=measurement.EVALUATOR,
+                                 f_create_session=rpc.create_session, f_alloc_argument=measurement.remote_inputs,
+                                 f_run_evaluator=measurement.remote_fastest, max_workers=found.servers)
     plural = "s" if found.servers > 1 else ""
     what = "emulated device" if found.emulated else "device"
     return Device(runner, f"{found.servers} {what}{plural} {tracker.key!r} via {tracker.address}", remote=True,
