@@ -7,8 +7,8 @@ Laid out like TVM's dlight rules:
   the graph (:func:`fuse_shuffles`, called by ``passes.optimize``);
 * :mod:`.kernels` defines the convolutions that read through a gather;
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
-  gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`.
-  CUDA kernels get ``tvm.s_tir.dlight``'s GPU rules (see ``build.py``).
+  gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
+  :mod:`.gpu` gives CUDA kernels ``tvm.s_tir.dlight``'s GPU rules.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ def default_schedule_passes(spec) -> list:
     """Passes that schedule, for ``spec``'s target family, every kernel no earlier pass scheduled.
 
     Run them after ``MetaScheduleApplyDatabase`` (tuned kernels are marked
-    scheduled and skipped) and under the target. Empty for families without
-    rules here.
+    scheduled and skipped) and under the target. On CPUs a kernel no rule
+    takes stays unscheduled (LLVM still compiles it); on GPUs every kernel
+    gets a thread binding.
     """
-    if spec.family not in CPU_FAMILIES:
-        return []
-    from tvm_shuffle.schedules import cpu
+    from tvm_shuffle.schedules import cpu, gpu
     from tvm_shuffle.tvm_compat import dlight
 
-    return [dlight.ApplyDefaultSchedule(*cpu.default_rules())]
+    rules = cpu.default_rules() if spec.family in CPU_FAMILIES else gpu.default_rules()
+    return [dlight.ApplyDefaultSchedule(*rules)]
 
 
 def default_schedule(func, target):

@@ -52,3 +52,14 @@ def test_tuning_candidates_for_cuda_hold_device_code(tiny_onnx, tmp_path):
     for result in results:
         assert result.error_msg is None, result.error_msg
         assert cuda_codegen.has_device_code(result.artifact_path)
+
+
+def test_a_kernel_one_gpu_rule_cannot_handle_goes_to_the_next():
+    """dlight's GEMV rule asserts on a depthwise conv of a 1x1 plane (ShuffleNetV2 0.5x's stage 4 at 32x32)."""
+    import torch
+
+    from tvm_shuffle import build, frontends, passes, targets
+
+    depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    imported = frontends.from_torch_module(depthwise.eval(), (1, 8, 1, 1))
+    assert build.build(passes.optimize(imported.mod), targets.get("cuda-sm_80")) is not None

@@ -23,7 +23,7 @@ from tvm_shuffle.errors import UserError
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle import tvm_compat
-from tvm_shuffle.tvm_compat import TVM_VERSION, cc, dlight, relax, tvm
+from tvm_shuffle.tvm_compat import TVM_VERSION, cc, relax, tvm
 
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
@@ -50,12 +50,7 @@ def lower(mod: "tvm.IRModule", spec: TargetSpec) -> "tvm.IRModule":
 def schedule_passes(spec: TargetSpec, *, database=None) -> list:
     """Tuned schedules from ``database`` first, then default ones for what is left."""
     passes_ = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database is not None else []
-    if spec.family == "cuda":
-        # GPU kernels need thread bindings; dlight's rules give every kernel one.
-        passes_.append(dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-                                                   dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()))
-    passes_ += schedules.default_schedule_passes(spec)  # CPU convolutions: tiled, vectorized, parallel
-    return passes_
+    return passes_ + schedules.default_schedule_passes(spec)
 
 
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":
