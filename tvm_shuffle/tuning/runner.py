@@ -19,7 +19,7 @@ from tvm_shuffle import targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tuning import measurement, rpc
-from tvm_shuffle.tvm_compat import ms, relax, tvm
+from tvm_shuffle.tvm_compat import TVM_VERSION, ms, relax, tvm
 
 LOCAL_TIMEOUT_S = 30  # per candidate; the slowest ShuffleNet kernels run in milliseconds
 
@@ -91,12 +91,12 @@ def run_remote(tracker: rpc.Tracker, library: Path, x: np.ndarray, *, gpu: bool 
 def no_device_error(spec: TargetSpec, model_flags: str) -> UserError:
     """The one error for a target this machine cannot run, saying how to attach a board or skip tuning."""
     key = spec.name.removeprefix("arm-").removeprefix("cuda-") or spec.name
-    what = "an NVIDIA GPU" if spec.family == "cuda" else f"a {spec.runtime_arch} device ({spec.description})"
+    what = "an NVIDIA GPU" if spec.family == "cuda" else f"an {spec.runtime_arch} device ({spec.description})"
     return UserError(
         f"tuning --target {spec.name} measures candidates on {what}, and this {targets.host_machine()} machine "
         f"has none. Attach one through TVM's RPC tracker:\n"
         f"  here:       python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {rpc.DEFAULT_PORT}\n"
-        f"  on the device (pip install apache-tvm==0.27.0.post1):\n"
+        f"  on the device (pip install apache-tvm=={TVM_VERSION}):\n"
         f"              python -m tvm.exec.rpc_server --tracker THIS_HOST:{rpc.DEFAULT_PORT} --key {key}\n"
         f"  then:       python -m tvm_shuffle.tune --target {spec.name} {model_flags} "
         f"--rpc-tracker THIS_HOST:{rpc.DEFAULT_PORT} --rpc-key {key}\n"
