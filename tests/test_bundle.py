@@ -195,6 +195,17 @@ def test_python_example_runs_with_only_the_runtime(tiny_bundle, tiny_input):
     assert f"top-5 classes: {top5}" in done.stdout
 
 
+def test_python_runtime_sizes_the_thread_pool(tiny_bundle, tiny_input, monkeypatch):
+    x, _ = tiny_input
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    assert runtime.load(tiny_bundle).threads == runtime.physical_cores() <= os.cpu_count()
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    assert runtime.load(tiny_bundle).threads == 3
+    one = runtime.load(tiny_bundle, threads=1)
+    assert one.threads == 1
+    np.testing.assert_array_equal(one(x)[0], runtime.load(tiny_bundle, threads=2)(x)[0])
+
+
 def test_python_runtime_prefers_the_bundled_library(tiny_bundle):
     code = f"""
 from tvm_shuffle import runtime
@@ -248,7 +259,9 @@ def test_cpp_app_matches_python_under_env_i(tiny_bundle, tiny_app, tiny_input, t
     done = run_clean(tiny_app, tiny_bundle, path, "--repeat", 3, "--dump", tmp_path / "y.bin")
     assert done.returncode == 0, done.stderr
     assert "model tiny, target x86 (x86_64, cpu), input" in done.stdout
-    assert re.search(r"latency: median [0-9.]+ ms, min [0-9.]+ ms over 3 runs", done.stdout)
+    # env -i: no TVM_NUM_THREADS, so one thread per physical core (not TVM's half of the logical CPUs)
+    assert re.search(rf"latency: median [0-9.]+ ms, min [0-9.]+ ms over 3 runs, {runtime.physical_cores()} threads",
+                     done.stdout)
     (expected,) = runtime.load(tiny_bundle)(x)
     np.testing.assert_allclose(np.fromfile(tmp_path / "y.bin", "float32"), expected.ravel(), atol=1e-6, rtol=0)
     classes = [int(c) for c in re.search(r"top-5 classes: ([\d ]+)", done.stdout).group(1).split()]

@@ -25,6 +25,8 @@ from typing import Mapping
 
 import psutil
 
+from tvm_shuffle.runtime import physical_cores
+
 # Flags worth naming in a report, in the order they are shown (x86 /proc/cpuinfo
 # "flags", aarch64 "Features").
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -75,7 +77,7 @@ def describe(threads: int | None = None) -> dict:
     path = Path("/proc/cpuinfo")
     fields = _cpuinfo(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else {}
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    cores = physical_cores()
     mhz = float(fields["cpu MHz"]) if "cpu MHz" in fields else _psutil_mhz()
     return {
         "cpu": cpu_model(fields),

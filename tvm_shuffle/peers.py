@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tvm_shuffle import timing
+from tvm_shuffle import runtime, timing
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 
@@ -205,30 +205,9 @@ def _tvm_session(w: Workload, out: Path, details: dict) -> Session:
         return _rpc_session(w, library, details)
     if w.spec.family == "cuda":
         raise Unavailable("CUDA libraries are measured on a GPU machine over RPC (--rpc-tracker, --rpc-key)")
-    from tvm_shuffle import runtime
-    import tvm_ffi
-
-    model = runtime.load(out)
-    details["tvm_threads"] = set_tvm_threads(tvm_ffi.get_global_func, w.threads)
+    model = runtime.load(out, threads=w.threads)
+    details["tvm_threads"] = model.threads
     return Session(run=lambda x: model(x)[0], library=library, details=details)
-
-
-# TVM's ThreadGroup::AffinityMode kBig: its default mode, workers on the fastest cores.
-_AFFINITY_BIG = 1
-
-
-def set_tvm_threads(get_function: Callable[[str], Callable], threads: int | None) -> int | str:
-    """Resize a TVM runtime's thread pool (local, or remote through an RPC session's ``get_function``).
-
-    TVM sizes its pool from TVM_NUM_THREADS when it first starts (without it,
-    half the logical CPUs on x86: it assumes hyper-threading), so a pool
-    already running, or one on a device, needs ``runtime.config_threadpool``.
-    ``threads=None`` leaves the pool as it is.
-    """
-    if threads is None:
-        return "device default"
-    get_function("runtime.config_threadpool")(_AFFINITY_BIG, threads)
-    return threads
 
 
 def _rpc_session(w: Workload, library: Path, details: dict) -> Session:
@@ -242,7 +221,7 @@ def _rpc_session(w: Workload, library: Path, details: dict) -> Session:
     device = remote.cuda(0) if w.spec.family == "cuda" else remote.cpu(0)
     vm = relax.VirtualMachine(remote.load_module(name), device)
     state = {"vm": vm, "session": remote}
-    details["tvm_threads"] = set_tvm_threads(remote.get_function, w.device_threads)
+    details["tvm_threads"] = runtime.set_tvm_threads(remote.get_function, w.device_threads)
 
     def run(x: np.ndarray) -> np.ndarray:
         vm.set_input("main", tvm.runtime.tensor(x, device))
@@ -447,4 +426,4 @@ def select(names: Sequence[str] | None) -> list[Engine]:
 
 
 __all__ = ["Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
-           "set_tvm_threads", "first_line"]
+           "first_line"]

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvm_shuffle import machine, peers, targets
+from tvm_shuffle import machine, peers, runtime, targets
 from tvm_shuffle.compile import add_model_arguments, add_target_arguments, import_model, resolve_target
 from tvm_shuffle.errors import UserError, cli_entry
 
@@ -222,7 +222,7 @@ def tuning_curve(workload: peers.Workload) -> dict[str, Any]:
     import json
 
     from tvm_shuffle import build, passes
-    from tvm_shuffle.tuning import database, session, tasks
+    from tvm_shuffle.tuning import database, tasks
 
     directory = database.database_dir(workload.work_dir, workload.spec, workload.imported.name,
                                       workload.input_shape, workload.shuffle)
@@ -233,7 +233,7 @@ def tuning_curve(workload: peers.Workload) -> dict[str, Any]:
     import tvm_ffi
 
     lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
-    task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=session.physical_cores()))
+    task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=runtime.physical_cores()))
     weight_by_hash = {str(tvm_ffi.structural_hash(t.mod)): t.weight for t in task_list}
     hashes = [json.loads(line)[0] for line in workloads_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     best: dict[str, float] = {}

@@ -6,6 +6,11 @@ process that ships just the runtime libraries::
 
     model = tvm_shuffle.runtime.load("out/")
     logits = model(image)            # numpy in, list of numpy arrays out
+
+Threads: one per physical core (or ``TVM_NUM_THREADS``, or ``load(...,
+threads=N)``). TVM's own default is half the logical CPUs on x86, because it
+assumes two hyper-threads per core; on a machine without hyper-threading
+(most cloud VMs, this project's CI) that leaves half the cores idle.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -74,6 +79,44 @@ def _runtime_library(bundled: Sequence[Path]) -> str:
 
 _RUNTIME_LOADED = False
 
+# TVM's ThreadGroup::AffinityMode kBig: its default mode, workers on the fastest cores.
+_AFFINITY_BIG = 1
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, each hyper-threaded sibling counted once."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))
+        except OSError:  # no sysfs topology (containers, other OSes): one core per CPU
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def default_threads() -> int:
+    """``TVM_NUM_THREADS`` when it is set, else :func:`physical_cores`."""
+    try:
+        return max(1, int(os.environ["TVM_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return physical_cores()
+
+
+def set_tvm_threads(get_function: Callable[[str], Callable], threads: int | None) -> int | str:
+    """Resize a TVM runtime's thread pool (local, or remote through an RPC session's ``get_function``).
+
+    TVM sizes its pool from TVM_NUM_THREADS when it first starts, so a pool
+    already running, or one on a device, needs ``runtime.config_threadpool``.
+    ``threads=None`` leaves the pool as it is.
+    """
+    if threads is None:
+        return "device default"
+    get_function("runtime.config_threadpool")(_AFFINITY_BIG, threads)
+    return threads
+
 
 def _load_runtime(bundled: Sequence[Path] = ()) -> Any:
     global _RUNTIME_LOADED
@@ -94,7 +137,8 @@ def _load_runtime(bundled: Sequence[Path] = ()) -> Any:
 class Model:
     """A compiled model: call it with a numpy array, get a list of numpy arrays."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], runtime_libraries: Sequence[Path] = ()):
+    def __init__(self, directory: Path, manifest: dict[str, Any], runtime_libraries: Sequence[Path] = (), *,
+                 threads: int | None = None):
         self.directory = directory
         self.manifest = manifest
         (self._input,) = manifest["inputs"]
@@ -109,6 +153,8 @@ class Model:
         self._vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
         self._main = self._vm["main"]
         self._from_dlpack = tvm_ffi.from_dlpack
+        # The pool is the process's: the last model loaded sets it for all.
+        self.threads = set_tvm_threads(tvm_ffi.get_global_func, threads or default_threads())
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -165,8 +211,11 @@ def host_arch() -> str:
     return _MACHINE_ALIASES.get(machine, machine)
 
 
-def load(path: str | os.PathLike, *, check_arch: bool = True) -> Model:
-    """Load a ``compile``/``tune`` output directory (or its ``model.so``)."""
+def load(path: str | os.PathLike, *, check_arch: bool = True, threads: int | None = None) -> Model:
+    """Load a ``compile``/``tune`` output directory (or its ``model.so``).
+
+    ``threads``: the size of TVM's thread pool (default :func:`default_threads`).
+    """
     directory, manifest = read_manifest(path)
     if manifest["target"]["family"] == "cuda":
         raise UserError(f"{directory} was built for CUDA ({manifest['target']['name']}); "
@@ -177,7 +226,7 @@ def load(path: str | os.PathLike, *, check_arch: bool = True) -> Model:
     from tvm_shuffle import bundle  # not at the top: bundle imports this module
 
     bundle.check(directory, manifest)
-    return Model(directory, manifest, bundle.runtime_libraries(directory, manifest))
+    return Model(directory, manifest, bundle.runtime_libraries(directory, manifest), threads=threads)
 
 
 def run(path: str | os.PathLike, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from tvm_shuffle import targets
+from tvm_shuffle import runtime, targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tuning import measurement, rpc
@@ -44,6 +45,10 @@ def runs_here(spec: TargetSpec) -> bool:
 
 def local(spec: TargetSpec) -> Device:
     kind = "GPU" if spec.family == "cuda" else "CPU"
+    # The runner's worker processes size TVM's thread pool from this: candidates are
+    # measured with the threads tvm_shuffle.runtime runs the library with, not TVM's
+    # default (half the logical CPUs on x86, one core on a VM without hyper-threading).
+    os.environ.setdefault("TVM_NUM_THREADS", str(runtime.physical_cores()))
     runner = ms.runner.LocalRunner(timeout_sec=LOCAL_TIMEOUT_S, evaluator_config=measurement.EVALUATOR,
                                    f_alloc_argument=measurement.local_inputs,
                                    f_run_evaluator=measurement.local_fastest)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tvm_shuffle import build, passes, schedules, targets
+from tvm_shuffle import build, passes, runtime, schedules, targets
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tuning import database, logs, tasks
@@ -64,10 +64,6 @@ class Outcome:
         return sum(t.weight * t.best_seconds for t in self.tasks)
 
 
-def physical_cores() -> int:
-    return max(1, ms.utils.cpu_count(logical=False))
-
-
 def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str | Path = DEFAULT_WORK_DIR,
          trials: int | None = None, shuffle: str = "fused", quiet: bool = False, seed: int | None = None,
          log=None) -> Outcome:
@@ -84,7 +80,7 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
         cuda_codegen.enable_device_code()  # candidates must hold kernels the GPU machine can load
     directory = database.database_dir(work_dir, spec, imported.name, imported.input_shape, shuffle)
     db = database.open_database(directory)
-    cores = physical_cores()
+    cores = runtime.physical_cores()
     target = tasks.tuning_target(spec, host_cores=cores)
     task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle), spec), target)
     shared = database.import_shared_records(db, [t.mod for t in task_list], directory)

@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < k; ++i) std::printf(" %zu", order[i]);
     std::printf("\ntop-5 scores: ");
     for (size_t i = 0; i < k; ++i) std::printf(" %.4f", scores[order[i]]);
-    std::printf("\nlatency: median %.3f ms, min %.3f ms over %d runs\n", ms[ms.size() / 2], ms.front(), repeat);
+    std::printf("\nlatency: median %.3f ms, min %.3f ms over %d runs, %d threads\n", ms[ms.size() / 2], ms.front(), repeat,
+                model.threads());
 
     if (!dump_path.empty()) {
       FILE* f = std::fopen(dump_path.c_str(), "wb");

@@ -35,9 +35,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -324,6 +326,32 @@ inline uint64_t file_size(const std::string& path) {
 
 inline std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+/*!
+ * \brief Cores of this machine, each hyper-threaded sibling counted once.
+ *
+ * TVM's own default pool is half the logical CPUs on x86 (it assumes two
+ * hyper-threads per core): one core of two on a VM without hyper-threading.
+ */
+inline int physical_cores() {
+  const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  std::set<std::string> cores;
+  for (unsigned cpu = 0; cpu < cpus; ++cpu) {
+    const std::string topology = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream package(topology + "physical_package_id"), core(topology + "core_id");
+    std::string p, c;
+    if (!(package >> p) || !(core >> c)) return static_cast<int>(cpus);  // no sysfs topology
+    cores.insert(p + "/" + c);
+  }
+  return static_cast<int>(cores.size());
+}
+
+/*! \brief TVM_NUM_THREADS when set, else physical_cores(). */
+inline int default_threads() {
+  const char* env = std::getenv("TVM_NUM_THREADS");
+  const int n = env ? std::atoi(env) : 0;
+  return n > 0 ? n : physical_cores();
+}
+
 }  // namespace detail
 
 /*! \brief "1x3x224x224" */
@@ -420,16 +448,25 @@ struct Manifest {
  * \brief A compiled model loaded from a bundle directory.
  *
  * Runs on the CPU, or on GPU 0 for a bundle whose target family is cuda.
+ * CPU kernels use ``threads`` threads (default: TVM_NUM_THREADS, else one per
+ * physical core); the pool is the process's, so the last Model sets it.
  * Not thread-safe: use one Model per thread.
  */
 class Model {
  public:
-  explicit Model(const std::string& bundle_dir) : dir_(bundle_dir), manifest_(Manifest::Read(bundle_dir)) {
+  explicit Model(const std::string& bundle_dir, int threads = 0)
+      : dir_(bundle_dir), manifest_(Manifest::Read(bundle_dir)) {
     check_arch();
     check_files();
     load_runtime();
     load_library();
+    threads_ = threads > 0 ? threads : detail::default_threads();
+    constexpr int kAffinityBig = 1;  // TVM's default mode: workers on the fastest cores
+    tvm::ffi::Function::GetGlobalRequired("runtime.config_threadpool")(kAffinityBig, threads_);
   }
+
+  /*! \brief Size of TVM's CPU thread pool. */
+  int threads() const { return threads_; }
 
   const Manifest& manifest() const { return manifest_; }
   const std::vector<int64_t>& input_shape() const { return manifest_.input_shape; }
@@ -576,6 +613,7 @@ class Model {
   std::string dir_;
   Manifest manifest_;
   DLDevice device_{kDLCPU, 0};
+  int threads_ = 1;
   tvm::ffi::Optional<tvm::ffi::Module> vm_;  // keeps the VM alive beside main_
   tvm::ffi::Function main_, copy_from_bytes_, copy_to_bytes_, alloc_;
   tvm::ffi::Tensor input_;
