@@ -1,9 +1,12 @@
 """Channel-shuffle fusion, fused against stock in the same run: ShuffleNet units and whole models.
 
     python benchmarks/shuffle_units.py [--threads 2] [--repeat 40] [--all] [--out benchmarks/results]
+                                       [--trials N --work-dir work/shuffle-bench] [--only TEXT]
 
 Both variants are built the same way (untuned: the default schedules of
-``schedules/``), loaded as exported libraries and timed in alternating
+``schedules/``; with ``--trials N``: each tuned with N trials, stock and
+fused in separate record databases so neither reuses the other's
+measurements), loaded as exported libraries and timed in alternating
 rounds, so drift on a shared machine hits both alike; read the ratio.
 
 * v2 unit rows: the start of a stage of ShuffleNetV2 1.0x (its stride-2
@@ -64,8 +67,22 @@ def model_cases(everything: bool):
     return [(name, models.build_model(name), (1, 3, 224, 224)) for name in names]
 
 
-def measure_case(name, module, shape, spec, repeat: int) -> dict:
-    """Build both variants, time them in alternating rounds, profile each once."""
+def build_variant(imported, spec, out: Path, mode: str, *, trials: int | None, work_dir: Path) -> Path:
+    """The exported library of one variant, tuned with ``trials`` trials first when given."""
+    from tvm_shuffle import build
+    from tvm_shuffle.tuning import runner, session
+
+    if not trials:
+        return build.compile_imported(imported, spec, out, shuffle=mode)
+    outcome = session.tune(imported, spec, device=runner.local(spec), work_dir=work_dir / mode, trials=trials,
+                           shuffle=mode, quiet=True, log=lambda message: None)
+    return build.compile_imported(imported, spec, out, shuffle=mode, database=outcome.database,
+                                  database_digest=outcome.digest)
+
+
+def measure_case(name, module, shape, spec, repeat: int, *, trials: int | None = None,
+                 work_dir: Path = Path("work/shuffle-bench")) -> dict:
+    """Build (and tune) both variants, time them in alternating rounds, profile each once."""
     import numpy as np
 
     from tvm_shuffle import build, frontends, models, passes, profile, runtime
@@ -78,7 +95,7 @@ def measure_case(name, module, shape, spec, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         loaded, lowered = {}, {}
         for mode in MODES:
-            out = build.compile_imported(imported, spec, Path(tmp) / mode, shuffle=mode)
+            out = build_variant(imported, spec, Path(tmp) / mode, mode, trials=trials, work_dir=work_dir)
             loaded[mode] = (out / build.LIBRARY, runtime.load(out))
             lowered[mode] = build.lower(passes.optimize(imported.mod, shuffle=mode), spec)
         report = FusionReport()
@@ -120,6 +137,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=40, help="timed runs per variant (split into rounds)")
     parser.add_argument("--all", action="store_true", help="every zoo model end to end, not one width per v1 group")
     parser.add_argument("--units-only", action="store_true", help="skip the whole-model rows")
+    parser.add_argument("--only", default="", help="only the cases whose name contains this text")
+    parser.add_argument("--trials", type=int, help="tune each variant with this many trials first (default: untuned)")
+    parser.add_argument("--work-dir", default="work/shuffle-bench", help="tuning records, one database per variant")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="directory for the results")
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -130,18 +150,21 @@ def main(argv=None) -> int:
     from tvm_shuffle.tvm_compat import TVM_VERSION
 
     spec = targets.get(args.target).resolve()
-    cases = unit_cases() + ([] if args.units_only else model_cases(args.all))
-    rows = [measure_case(*case, spec, args.repeat) for case in tqdm(cases, desc="benchmark", unit="case")]
+    cases = [c for c in unit_cases() + ([] if args.units_only else model_cases(args.all)) if args.only in c[0]]
+    rows = [measure_case(*case, spec, args.repeat, trials=args.trials, work_dir=Path(args.work_dir))
+            for case in tqdm(cases, desc="benchmark", unit="case")]
     cpu = spec.target.get("mcpu", "cpu")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    header = (f"Untuned (default schedules), {spec.name} mcpu={cpu}, {args.threads} thread(s), TVM {TVM_VERSION}, "
+    how = f"Tuned, {args.trials} trials per variant" if args.trials else "Untuned (default schedules)"
+    header = (f"{how}, {spec.name} mcpu={cpu}, {args.threads} thread(s), TVM {TVM_VERSION}, "
               f"{platform.node()} (load average {load} at the end); median of {args.repeat} runs per variant "
               f"in {ROUNDS} alternating rounds.")
     table = render(rows, header)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"shuffle_units-{spec.name}-{cpu}-{args.threads}thread{'s' if args.threads > 1 else ''}"
+    stem = out / (f"shuffle_units-{spec.name}-{cpu}-{args.threads}thread{'s' if args.threads > 1 else ''}"
+                  + (f"-tuned{args.trials}" if args.trials else "") + (f"-{args.only}" if args.only else ""))
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(table + "\n")
     print(f"wrote {stem}.json and .md", file=sys.stderr)

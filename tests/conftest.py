@@ -82,8 +82,8 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def _start(*argv: str, log):
-    """A server in its own process group: the tracker forks its worker, which must go down with it."""
+def start_server(*argv: str, log):
+    """``python -m argv`` in its own process group: the tracker forks its worker, which must go down with it."""
     import subprocess
     import sys
 
@@ -91,7 +91,16 @@ def _start(*argv: str, log):
                             start_new_session=True)
 
 
-def _reachable(tracker) -> bool:
+def stop_servers(processes) -> None:
+    import os
+    import signal
+
+    for process in reversed(processes):  # each in its own group, with the workers it started
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tracker_reachable(tracker) -> bool:
     from tvm_shuffle.tuning import rpc
 
     try:
@@ -101,30 +110,37 @@ def _reachable(tracker) -> bool:
         return False
 
 
+def arm_marks() -> list:
+    """Marks for a module that runs aarch64 code: slow, arm, and skipped (naming the packages) without them."""
+    import shutil
+
+    from tvm_shuffle import targets
+
+    arm = targets.get("arm")
+    missing = shutil.which(arm.cross_compiler) is None or shutil.which(arm.emulator[0]) is None
+    return [pytest.mark.arm, pytest.mark.slow,
+            pytest.mark.skipif(missing, reason=f"needs {arm.cross_compiler_package} and qemu-user")]
+
+
 @pytest.fixture(scope="session")
 def emulated_arm_tracker(tmp_path_factory):
     """A loopback RPC tracker with one qemu-emulated aarch64 device registered under EMULATED_ARM_KEY.
 
     Session-scoped: the device takes a while to start, and the tune and report tests share it.
     """
-    import os
-    import signal
-
     from tvm_shuffle.tuning import rpc
 
     logs = tmp_path_factory.mktemp("rpc")
     port = free_port()
-    processes = [_start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+    processes = [start_server("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
                         str(port + 1), "--silent", log=logs / "tracker.log")]
     try:
         tracker = rpc.Tracker("127.0.0.1", port, EMULATED_ARM_KEY, timeout=30)
-        wait_for(lambda: _reachable(tracker), "the tracker did not start", 60)
-        processes.append(_start("tvm_shuffle.tuning.emulated_device", "--tracker", tracker.address,
+        wait_for(lambda: tracker_reachable(tracker), "the tracker did not start", 60)
+        processes.append(start_server("tvm_shuffle.tuning.emulated_device", "--tracker", tracker.address,
                                 "--key", EMULATED_ARM_KEY, log=logs / "device.log"))
         wait_for(lambda: rpc.registered_servers(tracker).get(EMULATED_ARM_KEY),
                  "the emulated device did not register", 300)
         yield tracker
     finally:
-        for process in reversed(processes):  # each in its own group, with the workers it started
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_servers(processes)

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import free_port, start_server, stop_servers, tracker_reachable, wait_for
 from tvm_shuffle import machine, peers, profile, report, report_render, targets
 
 MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,64,64"]
@@ -394,54 +390,23 @@ def test_all_engines(tmp_path):
     assert rows["torch.compile"]["status"] == "ok" and rows["torch.compile"]["max_abs_err"] < 1e-3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def x86_rpc_device(tmp_path):
     """TVM's own tracker and RPC server on loopback: this machine as a remote device."""
     from tvm_shuffle.tuning import rpc
 
     port = free_port()
-    logs = [open(tmp_path / name, "w") for name in ("tracker.log", "server.log")]
-    processes = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                                   str(port), "--port-end", str(port + 1), "--silent"], stdout=logs[0],
-                                  stderr=subprocess.STDOUT, start_new_session=True)]
+    processes = [start_server("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                              str(port + 1), "--silent", log=tmp_path / "tracker.log")]
     tracker = rpc.Tracker("127.0.0.1", port, "x86-loopback", timeout=20)
     try:
-        _wait(lambda: _reachable(tracker))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", tracker.address, "--key", tracker.key,
-             "--host", "127.0.0.1", "--no-fork"],
-            stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: rpc.registered_servers(tracker).get(tracker.key))
+        wait_for(lambda: tracker_reachable(tracker), "the tracker did not start", 60)
+        processes.append(start_server("tvm.exec.rpc_server", "--tracker", tracker.address, "--key", tracker.key,
+                                      "--host", "127.0.0.1", "--no-fork", log=tmp_path / "server.log"))
+        wait_for(lambda: rpc.registered_servers(tracker).get(tracker.key), "the RPC server did not register", 60)
         yield tracker
     finally:
-        for process in reversed(processes):  # each in its own group, with the workers it started
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        for log in logs:
-            log.close()
-
-
-def _reachable(tracker) -> bool:
-    from tvm_shuffle.tuning import rpc
-
-    try:
-        rpc.check_reachable(tracker)
-        return True
-    except Exception:
-        return False
-
-
-def _wait(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "RPC tracker or server did not come up"
-        time.sleep(0.5)
+        stop_servers(processes)
 
 
 @pytest.mark.slow

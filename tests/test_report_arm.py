@@ -9,21 +9,12 @@ there. The emulator's timings mean nothing and are not checked.
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from conftest import EMULATED_ARM_KEY as KEY
-from tvm_shuffle import report, targets
+from conftest import arm_marks
+from tvm_shuffle import report
 
-ARM = targets.get("arm")
-
-pytestmark = [
-    pytest.mark.arm,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which(ARM.cross_compiler) is None or shutil.which(ARM.emulator[0]) is None,
-                       reason=f"needs {ARM.cross_compiler_package} and qemu-user"),
-]
+pytestmark = arm_marks()
 
 
 def test_report_on_the_emulated_arm_board(emulated_arm_tracker, tmp_path):

@@ -10,7 +10,6 @@ device over RPC and matches PyTorch within rtol=1e-4, atol=1e-5.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,12 @@ import pytest
 import torch
 
 from conftest import EMULATED_ARM_KEY as KEY
-from conftest import TINY_SHAPE, TinyShuffleUnit
-from tvm_shuffle import targets
+from conftest import TINY_SHAPE, TinyShuffleUnit, arm_marks
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.models import randomize_batchnorm
 from tvm_shuffle.tuning import runner
 
-ARM = targets.get("arm")
-
-pytestmark = [
-    pytest.mark.arm,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which(ARM.cross_compiler) is None or shutil.which(ARM.emulator[0]) is None,
-                       reason=f"needs {ARM.cross_compiler_package} and qemu-user"),
-]
+pytestmark = arm_marks()
 
 
 @pytest.fixture(scope="module")
