@@ -7,14 +7,16 @@ file runs in seconds; tests/test_tune_x86.py tunes for real.
 from __future__ import annotations
 
 import json
-import socket
+import subprocess
+import sys
 
 import pytest
 
+from conftest import free_port
 from tvm_shuffle import targets
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.errors import UserError
-from tvm_shuffle.tuning import database, rpc, runner
+from tvm_shuffle.tuning import database, rpc, runner, search
 
 MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"]
 
@@ -23,11 +25,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     code = tune_cli.main(list(argv))
     return code, capsys.readouterr().err
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unknown_target_lists_the_valid_ones(capsys):
@@ -169,3 +166,21 @@ def test_progress_estimate_and_stop_when_the_device_stops_answering():
     assert progress.failing
     assert "RPCRunner: no free device" in str(progress.failure())
     assert "records measured so far are kept" in str(progress.failure())
+
+
+def test_search_population_follows_the_batch():
+    assert [search.population_size(n) for n in (1, 8, 16, 32, 64, 200)] == [128, 128, 128, 256, 512, 512]
+
+
+def test_tensor_intrinsics_import_with_pytorch_loaded():
+    """The quick import (no module lookup per stack frame) registers the intrinsics TVMScript parses and restores inspect."""
+    check = ("import inspect, torch\n"
+             "from tvm_shuffle import tvm_compat\n"
+             "stack = inspect.stack\n"
+             "tvm_compat.import_tensor_intrinsics()\n"
+             "assert inspect.stack is stack\n"
+             "from tvm.s_tir import TensorIntrin\n"
+             "for name in ('dot_16x4_avx512', 'dot_4x4_i8i8s32_neon', 'wmma_sync_16x16x16_f16f16f32'):\n"
+             "    assert TensorIntrin.get(name) is not None, name\n")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

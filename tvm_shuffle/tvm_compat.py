@@ -31,7 +31,8 @@ Constant = tvm.ir.expr.GenericConst  # relax.Constant before 0.27
 TVM_VERSION = tvm.__version__
 
 __all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Constant", "derived_object", "from_onnx", "from_exported_program",
-           "make_target", "llvm_host_cpu", "backend_pipeline", "onnx_supported_ops", "TVM_VERSION", "VERIFIED_TVM"]
+           "make_target", "llvm_host_cpu", "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics",
+           "TVM_VERSION", "VERIFIED_TVM"]
 
 
 def make_target(target: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> "tvm.target.Target":
@@ -59,3 +60,41 @@ def onnx_supported_ops() -> frozenset[str]:
 def llvm_host_cpu() -> str:
     """LLVM's name for the CPU we run on (``generic`` when it cannot tell)."""
     return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def _shallow_stack(context: int = 1) -> list:
+    """``inspect.stack()`` without resolving each frame's module.
+
+    TVMScript's decorators call ``inspect.stack()`` for every function they
+    parse; its ``getmodule`` scans all of ``sys.modules`` per frame, so with
+    PyTorch loaded, importing TVM's tensor intrinsics (hundreds of
+    ``@T.prim_func``) took 140 s here. The parser reads only frames and
+    source lines, which ``linecache`` gives directly.
+    """
+    import inspect
+    import linecache
+    import sys
+
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals)
+        frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                        [line] if context > 0 and line else None, 0 if line else None))
+        frame = frame.f_back
+    return frames
+
+
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's ``TuneContext`` does on first use) quickly."""
+    import importlib
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    stack, inspect.stack = inspect.stack, _shallow_stack
+    try:
+        importlib.import_module("tvm.s_tir.tensor_intrin")
+    finally:
+        inspect.stack = stack

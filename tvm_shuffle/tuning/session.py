@@ -104,7 +104,7 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
         f"({done} done before), {per_batch} per batch; records in {directory}")
     builder = InProcessBuilder(targets.require_cross_compiler(spec), threads=cores)
     left = Budget(budget - done)
-    strategies = [ResumingSearch(left, _default_candidates(t, target, spec)) for t in task_list]
+    strategies = [ResumingSearch(left, _default_candidates(t, target, spec), per_batch=per_batch) for t in task_list]
     start = time.perf_counter()
     with logs.to_files(directory / "logs", [t.name for t in task_list]) as loggers, \
             logs.native_stderr_to(directory / "logs" / "native.log") as console, \

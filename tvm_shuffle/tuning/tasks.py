@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 from tvm_shuffle.targets import TargetSpec
+from tvm_shuffle import tvm_compat
 from tvm_shuffle.tvm_compat import estimate_tir_flops, ms, tvm
 
 # Rough roofline weight of one byte moved against one FLOP on the CPUs we
@@ -73,6 +74,7 @@ def trials_per_batch(budget: int, n_tasks: int) -> int:
 def contexts(tasks: Sequence[Task], target, loggers: Sequence[logging.Logger], strategies: Sequence,
              *, threads: int, seed: int | None = None) -> list:
     """One ``TuneContext`` per task with the default CPU/GPU design space and the given strategies."""
+    tvm_compat.import_tensor_intrinsics()  # before TuneContext imports them, ~25x slower with PyTorch loaded
     seeds = ms.utils.fork_seed(seed, n=len(tasks))
     return [ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                            search_strategy=strategy, task_name=task.name, logger=logger,

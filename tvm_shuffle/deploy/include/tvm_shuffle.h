@@ -22,6 +22,9 @@
 #define TVM_SHUFFLE_H_
 
 #include <dlfcn.h>
+#ifdef __linux__
+#include <sched.h>
+#endif
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
@@ -326,23 +329,40 @@ inline uint64_t file_size(const std::string& path) {
 
 inline std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+/*! \brief The CPUs this process may run on: its affinity mask, as taskset or a container's cpuset leave it. */
+inline std::vector<unsigned> usable_cpus() {
+  std::vector<unsigned> cpus;
+#ifdef __linux__
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0) {
+    for (unsigned cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &mask)) cpus.push_back(cpu);
+    }
+  }
+#endif
+  if (cpus.empty()) {
+    for (unsigned cpu = 0; cpu < std::max(1u, std::thread::hardware_concurrency()); ++cpu) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
 /*!
- * \brief Cores of this machine, each hyper-threaded sibling counted once.
+ * \brief Cores this process may run on, each hyper-threaded sibling counted once
+ *        (the same count as Python's ``tvm_shuffle.runtime.physical_cores``).
  *
  * TVM's own default pool is half the logical CPUs on x86 (it assumes two
  * hyper-threads per core): one core of two on a VM without hyper-threading.
  */
 inline int physical_cores() {
-  const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
   std::set<std::string> cores;
-  for (unsigned cpu = 0; cpu < cpus; ++cpu) {
+  for (unsigned cpu : usable_cpus()) {
     const std::string topology = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
     std::ifstream package(topology + "physical_package_id"), core(topology + "core_id");
     std::string p, c;
-    if (!(package >> p) || !(core >> c)) return static_cast<int>(cpus);  // no sysfs topology
-    cores.insert(p + "/" + c);
+    // No sysfs topology (containers, other OSes): one core per CPU.
+    cores.insert((package >> p) && (core >> c) ? p + "/" + c : "cpu/" + std::to_string(cpu));
   }
-  return static_cast<int>(cores.size());
+  return std::max(1, static_cast<int>(cores.size()));
 }
 
 /*! \brief TVM_NUM_THREADS when set, else physical_cores(). */
