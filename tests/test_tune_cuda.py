@@ -32,7 +32,7 @@ def test_compile_for_cuda_embeds_device_code_not_source(tiny_onnx, tmp_path):
 
 def test_tuning_candidates_for_cuda_hold_device_code(tiny_onnx, tmp_path):
     """What ``tune --target cuda`` sends to the GPU machine: a library with a fatbin per candidate."""
-    from tvm_shuffle import build, frontends, passes, targets
+    from tvm_shuffle import build, frontends, passes, targets, tvm_compat
     from tvm_shuffle.tuning import builder, tasks
     from tvm_shuffle.tvm_compat import ms
 
@@ -41,6 +41,7 @@ def test_tuning_candidates_for_cuda_hold_device_code(tiny_onnx, tmp_path):
     target = tasks.tuning_target(spec, host_cores=1)
     lowered = build.lower(passes.optimize(frontends.from_onnx_file(tiny_onnx).mod), spec)
     task = next(t for t in tasks.extract(lowered, target) if "conv2d" in t.name)
+    tvm_compat.import_tensor_intrinsics()  # what tasks.contexts does: TuneContext's own import is slow
     context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                              search_strategy="replay-trace", task_name=task.name, num_threads=1)
     context.pre_tuning(max_trials=2, num_trials_per_iter=2, design_spaces=context.generate_design_space(),

@@ -184,7 +184,7 @@ def test_killed_run_keeps_its_records_and_the_next_run_resumes(tiny_pt2, tmp_pat
 
 def test_search_never_sends_a_candidate_twice(tiny_pt2, tmp_path):
     """The same random search run twice proposes the same candidates: the second run measures none of them."""
-    from tvm_shuffle import build, frontends, passes, targets
+    from tvm_shuffle import build, frontends, passes, targets, tvm_compat
     from tvm_shuffle.tuning import builder, runner, search, tasks
     from tvm_shuffle.tvm_compat import ms
 
@@ -195,6 +195,7 @@ def test_search_never_sends_a_candidate_twice(tiny_pt2, tmp_path):
     db = database.open_database(tmp_path)
     local = runner.local(spec).runner
     skipped = []
+    tvm_compat.import_tensor_intrinsics()  # what tasks.contexts does: TuneContext's own import is slow
     for _ in range(2):
         strategy = search.ResumingSearch(search.Budget(8), inner=ms.search_strategy.ReplayTrace())
         context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
