@@ -30,9 +30,9 @@ VERIFIED_TVM = "0.27.0.post1"
 Constant = tvm.ir.expr.GenericConst  # relax.Constant before 0.27
 TVM_VERSION = tvm.__version__
 
-__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Constant", "derived_object", "from_onnx", "from_exported_program",
-           "make_target", "llvm_host_cpu", "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics",
-           "TVM_VERSION", "VERIFIED_TVM"]
+__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Constant", "derived_object",
+           "from_onnx", "from_exported_program", "estimate_tir_flops", "make_target", "llvm_host_cpu",
+           "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "TVM_VERSION", "VERIFIED_TVM"]
 
 
 def make_target(target: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> "tvm.target.Target":
