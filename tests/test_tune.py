@@ -26,7 +26,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-
 def test_unknown_target_lists_the_valid_ones(capsys):
     code, err = run_cli(capsys, *MODEL, "--target", "riscv")
     assert code == 2

@@ -62,7 +62,8 @@ class Budget:
 class ResumingSearch(ms.search_strategy.PySearchStrategy):
     """A search strategy (``EvolutionarySearch`` by default) that never proposes a measured candidate."""
 
-    def __init__(self, budget: Budget, first=(), inner=None, *, per_batch: int = 32):
+    # per_batch defaults to MetaSchedule's own batch, so an unsized search keeps its population of 512.
+    def __init__(self, budget: Budget, first=(), inner=None, *, per_batch: int = 64):
         super().__init__()
         self.budget = budget
         self.first = list(first)  # MeasureCandidates to measure before searching

@@ -12,8 +12,8 @@ import logging
 import math
 from typing import Sequence
 
-from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle import tvm_compat
+from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tvm_compat import estimate_tir_flops, ms, tvm
 
 # Rough roofline weight of one byte moved against one FLOP on the CPUs we
