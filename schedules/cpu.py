@@ -161,6 +161,11 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     lanes = const.lanes()
     width = extents[3]
     pixels = extents[2] * width
+    padded = epilogue is not None and _pads_plane(pixels, lanes)
+    if padded and not gathers:
+        # Padding the plane needs the input read as [n, c, pixel]: stage it
+        # through a flat copy, which the padding absorbs.
+        gathers = [sch.cache_read(conv, _plane_read(sch, conv, extents), "global")]
 
     # Iterate (and store partial sums) by flat pixel: the input planes are
     # contiguous, so a tile of pixels is one vector load whatever the rows.
@@ -178,6 +183,9 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     sch.transform_block_layout(conv, flat_iters)
     if epilogue is not None:
         sch.transform_block_layout(epilogue, flat)
+    if padded:
+        _padded_pointwise(sch, conv, epilogue, const, gathers)
+        return
     n, o, hw, *reduce = sch.get_loops(conv)
     pixel_tile = _pixel_tile(pixels, lanes, const.vectors_per_tile)
     hw_out, hw_in = sch.split(hw, [None, pixel_tile])
@@ -210,6 +218,56 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     sch.decompose_reduction(conv, reduce[0])
 
 
+def _pads_plane(pixels: int, lanes: int) -> bool:
+    """Whether a plane is better computed padded to whole vectors than in tiles that divide it.
+
+    A 7x7 plane (49 pixels) divides into 7-pixel tiles: 7 of AVX-512's 16
+    lanes, or 1 of NEON's 4. Padded to 64 it runs in full vectors; the 15
+    padded pixels cost less than the 9 lanes idle in every tile (measured on
+    the 232- and 464-channel 7x7 convolutions: 1.5x faster, 2 threads).
+    """
+    return pixels > lanes and 4 * _pixel_tile(pixels, lanes, 1) < 3 * lanes
+
+
+def _plane_read(sch: Schedule, conv, extents: list[int]) -> int:
+    """Index of the convolution's data read (the one whose planes have the output's shape)."""
+    for index, read in enumerate(sch.get(conv).reads):
+        if [int(d) for d in read.source.shape[2:]] == extents[2:4]:
+            return index
+    raise ValueError("no input plane of the output's shape")
+
+
+def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list) -> None:
+    """A 1x1 convolution over flat pixels padded to whole vectors.
+
+    The (gathered) input is copied once into planes padded with zeros, so
+    every tile is full vectors without a bounds test; the padded partial sums
+    are dropped by the epilogue, which reads only the real pixels.
+    """
+    lanes = const.lanes()
+    iters = len(_extents(sch, conv))
+    sch.pad_einsum(conv, [1, 1, lanes] + [1] * (iters - 3))
+    (padding,) = sch.get_producers(conv)
+    for gather in gathers:
+        sch.compute_inline(gather)
+    for unpad in sch.get_consumers(conv):
+        sch.compute_inline(unpad)
+    n, o, hw, *reduce = sch.get_loops(conv)
+    oc_tile = _largest_divisor(_extents(sch, conv)[1], const.accumulators)
+    hw_out, hw_in = sch.split(hw, [None, lanes])
+    o_out, o_in = sch.split(o, [None, oc_tile])
+    sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)
+    outer = sch.fuse(n, o_out, hw_out)
+    sch.unroll(o_in)
+    sch.vectorize(hw_in)
+    batch, channel, pixel = sch.get_loops(padding)
+    sch.parallel(sch.fuse(batch, channel))
+    sch.vectorize(sch.split(pixel, [None, lanes])[1])
+    sch.reverse_compute_at(epilogue, outer)
+    _parallel(sch, outer, _extents(sch, conv)[1] * _extents(sch, conv)[2], const)
+    sch.decompose_reduction(conv, reduce[0])
+
+
 def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: bool, pads: list) -> None:
     n, o, y, x, *reduce = sch.get_loops(conv)
     extents = _extents(sch, conv)
@@ -223,7 +281,7 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         oc_tile = _largest_divisor(extents[1], 2 * const.accumulators)
         o_out, o_in = sch.split(o, [None, oc_tile])
         sch.reorder(n, o_out, y, x_out, *reduce, o_in, x_in)
-        outer = sch.fuse(n, o_out)
+        outer = sch.fuse(n, o_out, y)
         sch.unroll(o_in)
     for loop in reduce[1:] if not depthwise else reduce:
         sch.unroll(loop)
@@ -235,9 +293,9 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
             _vectorize_padding(sch, pad, lanes, first_loop=1)
         else:
             _vectorize_padding(sch, pad, lanes, first_loop=0)
-            sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
+            sch.parallel(sch.fuse(*sch.get_loops(pad)[:3]))
     if epilogue is not None:
-        sch.reverse_compute_at(epilogue, outer)
+        sch.reverse_compute_at(epilogue, outer if depthwise else x_out)
         sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
     _parallel(sch, outer, extents[1] * extents[2] * width, const)
     sch.decompose_reduction(conv, reduce[0])

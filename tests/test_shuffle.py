@@ -96,7 +96,7 @@ def halves_slice(bb, x):
             bb.emit(relax.op.strided_slice(x, axes=[1], begin=[c // 2], end=[c])))
 
 
-def v2_units(shuffle, halves, units=3):
+def v2_units(shuffle, halves, units=3, shape=(N, C, H, W)):
     """Stem, then ShuffleNet v2 stride-1 units: split, branch on one half, concat, shuffle; a head conv."""
 
     def body(bb, x):
@@ -109,7 +109,7 @@ def v2_units(shuffle, halves, units=3):
             x = shuffle(bb, bb.emit(relax.op.concat([keep, y], axis=1)))
         return bb.emit(_conv(x, 8))
 
-    return _graph(body)
+    return _graph(body, shape)
 
 
 def v2_megvii(units=3):
@@ -398,7 +398,7 @@ def test_default_schedules_seed_a_tuning_database():
 
 @pytest.mark.parametrize("kernel, groups, stride, bias, size", [
     (1, 1, 1, False, 6),  # pointwise writing the function's output directly
-    (1, 1, 1, True, 7),  # odd plane: row-sized vectors
+    (1, 1, 1, True, 7),  # odd plane: padded to whole vectors (AVX-512), else row-sized ones
     (1, 3, 1, True, 8),
     (3, C, 1, True, 6),  # depthwise
     (3, C, 2, True, 8),  # depthwise stride 2: de-interleaved columns
@@ -411,6 +411,24 @@ def test_default_schedules_compute_the_convolution(kernel, groups, stride, bias,
     kernels = _conv_kernels(mod, X86)
     assert kernels and all(default_schedule(f, X86.tvm_target()) is not None for _, f in kernels)
     x = _input((N, C, size, size))
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+
+
+def _is_1x1_weight(buffer) -> bool:
+    shape = [int(d) for d in buffer.shape]
+    return len(shape) == 4 and shape[0] > 1 and shape[2:] == [1, 1]
+
+
+def test_odd_planes_run_padded_to_whole_vectors():
+    """7x7 planes (49 pixels) run as 64 on AVX-512, in the stock and the gathered 1x1 convolutions alike."""
+    mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, 7, 7)))
+    avx512 = targets.get("x86-avx512").tvm_target()
+    pointwise = [(name, f) for name, f in _conv_kernels(mod, X86) if any(_is_1x1_weight(p) for p in f.params)]
+    assert any("gathered" in name for name, _ in pointwise)
+    for name, func in pointwise:
+        assert "pad_einsum" in str(default_schedule(func, avx512).trace), name
+    x = _input((N, C, 7, 7))
     unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
     np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
 
