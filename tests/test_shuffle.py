@@ -378,9 +378,13 @@ def test_every_conv_kernel_gets_a_default_schedule(target):
             assert default_schedule(func, spec.tvm_target()) is not None, f"{name}: {kernel}"
 
 
-def test_default_schedules_seed_a_tuning_database():
+@pytest.mark.parametrize("graph, size", [
+    (stride2_unit, 8),
+    (lambda: v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, 7, 7)), 7),  # padded planes
+])
+def test_default_schedules_seed_a_tuning_database(graph, size):
     """Measured default candidates replay from the database at build time (how tuning starts from them)."""
-    mod = fuse_shuffles(stride2_unit())
+    mod = fuse_shuffles(graph())
     target = X86.tvm_target()
     database = ms.database.MemoryDatabase()
     seeded = 0
@@ -391,9 +395,17 @@ def test_default_schedules_seed_a_tuning_database():
                                                                    candidate.args_info))
             seeded += 1
     assert seeded >= 5  # every convolution task
-    x = _input((N, C, 8, 8))
+    x = _input((N, C, size, size))
     vm = relax.VirtualMachine(build.build(mod, X86, database=database), tvm.cpu())
-    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run(stride2_unit(), x), atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run(graph(), x), atol=ATOL, rtol=RTOL)
+
+
+def test_channel_tiles_need_not_divide_the_output_channels():
+    """29 output channels (prime, like ShuffleNet's 58 = 2 x 29): the last tile of 8 is partly empty."""
+    mod = _graph(lambda bb, x: bb.emit(_conv(x, 29, relu=True)), (N, C, 8, 8))
+    x = _input((N, C, 8, 8))
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("kernel, groups, stride, bias, size", [
