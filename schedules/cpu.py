@@ -16,6 +16,8 @@ function; the transformation follows; tile sizes come from
   row; a depthwise one pads one channel plane at a time into a small buffer
   so the padding test leaves the vector loop, and a stride-2 one stores that
   plane's even and odd columns apart so its windows are contiguous.
+* :class:`Pool2d`: a windowed pooling (the stem's max-pool), one padded
+  plane per channel, stride-2 columns stored apart like the depthwise conv.
 * :class:`Dense`: the classifier's matrix product.
 """
 
@@ -423,6 +425,59 @@ class Dense(dlight.ScheduleRule):
         return sch
 
 
+class Pool2d(dlight.ScheduleRule):
+    """A windowed pooling in NCHW (the stem's 3x3 stride-2 max-pool): one padded plane per channel.
+
+    As in the depthwise convolution, a stride-2 window reads even and odd
+    padded columns stored apart, so each window row is one contiguous vector:
+    1.7x faster than TVM's unscheduled pool on ShuffleNet's 24x112x112 input.
+    """
+
+    def apply(self, func, target, tunable):  # noqa: ARG002
+        if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
+            return None
+        sch = Schedule(func)
+        blocks = list(_blocks(sch))
+        if not blocks or not _is_pool(sch, blocks[-1]) or any(_is_reduction(sch, b) for b in blocks[:-1]):
+            return None
+        pool, producers = blocks[-1], blocks[:-1]
+        try:
+            pads = [b for b in producers if _pads(sch, b)]
+            for block in producers:
+                if block not in pads:
+                    sch.compute_inline(block)
+            for pad in pads:
+                if _x_stride(sch, pool, pad) == 2:
+                    _deinterleave_columns(sch, pad)
+            extents = _extents(sch, pool)
+            const = cpu_constants(target)
+            n, c, y, x, *window = sch.get_loops(pool)
+            x_out, x_in = sch.split(x, [None, _pixel_tile(extents[3], const.lanes(), 1)])
+            sch.reorder(n, c, y, x_out, *window, x_in)
+            outer = sch.fuse(n, c)
+            for loop in window:
+                sch.unroll(loop)
+            sch.vectorize(x_in)
+            for pad in pads:
+                sch.compute_at(pad, outer)
+            _parallel(sch, outer, extents[1] * extents[2] * extents[3], const)
+            sch.decompose_reduction(pool, window[0])
+        except Exception:
+            if DEBUG:
+                raise
+            return None
+        return sch
+
+
+def _is_pool(sch: Schedule, block) -> bool:
+    """Four spatial iterators (NCHW) and two reduced ones (the window), reading no weights."""
+    node = sch.get(block)
+    kinds = [iv.iter_type for iv in node.iter_vars]
+    return (kinds == [tir.IterVar.DataPar] * 4 + [tir.IterVar.CommReduce] * 2 and len(node.writes) == 1
+            and all(len(r.source.shape) == 4 for r in node.reads)
+            and len({r.source for r in node.reads} - {node.writes[0].source}) == 1)
+
+
 def _power_of_two_divisor(extent: int, limit: int) -> int:
     """The largest power of two up to ``limit`` that divides ``extent`` (a vector width without a tail)."""
     width = 1
@@ -442,4 +497,4 @@ def default_rules() -> tuple:
     Copies and elementwise kernels get none: unscheduled, LLVM vectorizes
     their inner loop, and threads cost more than they save at these sizes.
     """
-    return (Conv2dNCHW(), Dense())
+    return (Conv2dNCHW(), Pool2d(), Dense())

@@ -400,6 +400,17 @@ def test_default_schedules_seed_a_tuning_database(graph, size):
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run(graph(), x), atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("size", [8, 7])
+def test_max_pool_gets_a_default_schedule(size):
+    """The stem's 3x3 stride-2 max-pool: scheduled, and equal to TVM's unscheduled lowering."""
+    mod = _graph(lambda bb, x: bb.emit(relax.op.nn.max_pool2d(x, 3, strides=2, padding=1)), (N, C, size, size))
+    (pool,) = [f for name, f in build.lower(mod, X86).functions.items() if "max_pool" in name.name_hint]
+    assert default_schedule(pool, X86.tvm_target()) is not None
+    x = _input((N, C, size, size))
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+
+
 def test_channel_tiles_need_not_divide_the_output_channels():
     """29 output channels (prime, like ShuffleNet's 58 = 2 x 29): the last tile of 8 is partly empty."""
     mod = _graph(lambda bb, x: bb.emit(_conv(x, 29, relu=True)), (N, C, 8, 8))
