@@ -194,28 +194,26 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     # Output channels share each input vector. Unlike the pixels they need not
     # divide evenly: the last tile's test on its unrolled channels costs less
     # than tiles of 2 or 4 channels (ShuffleNet's 58 = 2 x 29, 116 = 4 x 29):
-    # 1.4-1.6x faster on the 58- and 116-channel convolutions, AVX-512. Not
-    # for a gather, though: few channels per tile gather a pixel tile once
-    # (below), which beats the full tile gathering per input channel (2x on
-    # the 58+58 -> 116 one).
+    # 1.4-1.6x faster on the 58- and 116-channel convolutions, AVX-512.
     vectors = -(-pixel_tile // lanes)
     budget = const.accumulators * (2 if pixel_tile < lanes else 1)  # part-filled registers: take more
-    oc_tile = (_largest_divisor if gathers else min)(extents[1], budget // vectors)
+    oc_tile = min(extents[1], budget // vectors)
     o_out, o_in = sch.split(o, [None, oc_tile])
-    if gathers and oc_tile * vectors < const.accumulators:
-        # Few output channels per tile would share each gathered vector: gather
-        # a whole pixel tile once, for all output channels, into L1 instead.
+    if gathers:
+        # Gather a whole pixel tile once, for all output channels, into L1.
+        # Gathering one vector per input channel inside every channel tile
+        # repeats the select over the sources per tile: 1.2-2.9x slower on
+        # the gathered convs of ShuffleNetV2 1.0x, 1.5x and 2.0x.
         sch.reorder(n, hw_out, o_out, *reduce, o_in, hw_in)
         outer = sch.fuse(n, hw_out)
-        tile_loop, gather_at = o_out, outer
+        tile_loop = o_out
     else:
         sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)
         outer = tile_loop = sch.fuse(n, o_out, hw_out)
-        gather_at = reduce[-1]  # one gathered vector per input channel, shared by the tile's output channels
     sch.unroll(o_in)
     sch.vectorize(hw_in)
     for gather in gathers:
-        sch.compute_at(gather, gather_at)
+        sch.compute_at(gather, outer)
         sch.vectorize(sch.get_loops(gather)[-1])
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, tile_loop)
