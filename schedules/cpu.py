@@ -11,8 +11,9 @@ function; the transformation follows; tile sizes come from
   fused epilogue (bias add, ReLU). A 1x1 convolution is a matrix product
   over flattened pixels: a few output channels times up to
   ``vectors_per_tile`` vectors of pixels accumulate in registers while the
-  input channels stream past; a gathered input is assembled one vector per
-  input channel. Depthwise and other convolutions vectorize along the output
+  input channels stream past; a gathered input is assembled one pixel tile
+  at a time, and a plane that no whole vector divides (7x7) is padded to
+  whole vectors. Depthwise and other convolutions vectorize along the output
   row; a depthwise one pads one channel plane at a time into a small buffer
   so the padding test leaves the vector loop, and a stride-2 one stores that
   plane's even and odd columns apart so its windows are contiguous.
@@ -258,7 +259,8 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     for unpad in sch.get_consumers(conv):
         sch.compute_inline(unpad)
     n, o, hw, *reduce = sch.get_loops(conv)
-    oc_tile = min(_extents(sch, conv)[1], const.accumulators)
+    channels, padded_pixels = _extents(sch, conv)[1:3]
+    oc_tile = min(channels, const.accumulators)
     hw_out, hw_in = sch.split(hw, [None, lanes])
     o_out, o_in = sch.split(o, [None, oc_tile])
     sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)
@@ -269,7 +271,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     sch.parallel(sch.fuse(batch, channel))
     sch.vectorize(sch.split(pixel, [None, lanes])[1])
     sch.reverse_compute_at(epilogue, outer)
-    _parallel(sch, outer, _extents(sch, conv)[1] * _extents(sch, conv)[2], const)
+    _parallel(sch, outer, channels * padded_pixels, const)
     sch.decompose_reduction(conv, reduce[0])
 
 
@@ -286,6 +288,8 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         oc_tile = _largest_divisor(extents[1], 2 * const.accumulators)
         o_out, o_in = sch.split(o, [None, oc_tile])
         sch.reorder(n, o_out, y, x_out, *reduce, o_in, x_in)
+        # Threads share rows, not channel tiles: the stem has only 24 / 12 = 2
+        # of those, and its epilogue then runs per tile, while the sums are hot.
         outer = sch.fuse(n, o_out, y)
         sch.unroll(o_in)
     for loop in reduce[1:] if not depthwise else reduce:
@@ -428,7 +432,8 @@ class Pool2d(dlight.ScheduleRule):
 
     As in the depthwise convolution, a stride-2 window reads even and odd
     padded columns stored apart, so each window row is one contiguous vector:
-    1.7x faster than TVM's unscheduled pool on ShuffleNet's 24x112x112 input.
+    3x faster than TVM's unscheduled pool on ShuffleNet's 24x112x112 input
+    (210 -> 71 us, 2 threads).
     """
 
     def apply(self, func, target, tunable):  # noqa: ARG002
