@@ -63,31 +63,37 @@ class Conv2dNCHW(dlight.ScheduleRule):
     def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
         if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
             return None
-        sch = Schedule(func)
-        const = cpu_constants(target)
-        try:
-            shape = _conv_shape(sch)
-            if shape is None:
-                return None
-            conv, producers, epilogue, kind = shape
-            pads = [b for b in producers if _pads(sch, b)]
-            gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
-            for block in producers:
-                if block not in pads and block not in gathers:
-                    sch.compute_inline(block)
-            for pad in pads:
-                if _x_stride(sch, conv, pad) == 2:
-                    _deinterleave_columns(sch, pad)
-            epilogue = _inline_epilogue(sch, epilogue)
-            if kind == "pointwise":
-                _pointwise(sch, conv, epilogue, const, gathers)
-            else:
-                _windowed(sch, conv, epilogue, const, depthwise=kind == "depthwise", pads=pads)
-        except Exception:  # a shape the schedule primitives refuse: leave it to the next rule
-            if DEBUG:
-                raise
-            return None
-        return sch
+        # Padding a plane to whole vectors needs the convolution in einsum form,
+        # which a grouped one is not: that one is scheduled unpadded.
+        for pad_planes in (True, False):
+            try:
+                return _schedule_conv(Schedule(func), cpu_constants(target), pad_planes)
+            except Exception:  # a shape the schedule primitives refuse: leave it to the next rule
+                if DEBUG and not pad_planes:
+                    raise
+        return None
+
+
+def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
+    """``sch`` scheduled, or None if it is not one NCHW convolution; raises where a primitive refuses."""
+    shape = _conv_shape(sch)
+    if shape is None:
+        return None
+    conv, producers, epilogue, kind = shape
+    pads = [b for b in producers if _pads(sch, b)]
+    gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
+    for block in producers:
+        if block not in pads and block not in gathers:
+            sch.compute_inline(block)
+    for pad in pads:
+        if _x_stride(sch, conv, pad) == 2:
+            _deinterleave_columns(sch, pad)
+    epilogue = _inline_epilogue(sch, epilogue)
+    if kind == "pointwise":
+        _pointwise(sch, conv, epilogue, const, gathers, pad_planes=pad_planes)
+    else:
+        _windowed(sch, conv, epilogue, const, depthwise=kind == "depthwise", pads=pads)
+    return sch
 
 
 def _conv_shape(sch: Schedule):
@@ -159,12 +165,12 @@ def _inline_epilogue(sch: Schedule, epilogue: list):
     return epilogue[0] if epilogue else None
 
 
-def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list) -> None:
+def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list, *, pad_planes: bool) -> None:
     extents = _extents(sch, conv)
     lanes = const.lanes()
     width = extents[3]
     pixels = extents[2] * width
-    padded = epilogue is not None and _pads_plane(pixels, lanes)
+    padded = pad_planes and epilogue is not None and _pads_plane(pixels, lanes)
     if padded and not gathers:
         # Padding the plane needs the input read as [n, c, pixel]: stage it
         # through a flat copy, which the padding absorbs.

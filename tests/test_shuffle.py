@@ -423,6 +423,7 @@ def test_channel_tiles_need_not_divide_the_output_channels():
     (1, 1, 1, False, 6),  # pointwise writing the function's output directly
     (1, 1, 1, True, 7),  # odd plane: padded to whole vectors (AVX-512), else row-sized ones
     (1, 3, 1, True, 8),
+    (1, 3, 1, True, 7),  # grouped on an odd plane: not an einsum, so scheduled unpadded
     (3, C, 1, True, 6),  # depthwise
     (3, C, 2, True, 8),  # depthwise stride 2: de-interleaved columns
     (3, 1, 2, True, 8),  # dense 3x3 stride 2, like the stem
