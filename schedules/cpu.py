@@ -80,14 +80,8 @@ def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
     if shape is None:
         return None
     conv, producers, epilogue, kind = shape
-    pads = [b for b in producers if _pads(sch, b)]
     gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
-    for block in producers:
-        if block not in pads and block not in gathers:
-            sch.compute_inline(block)
-    for pad in pads:
-        if _x_stride(sch, conv, pad) == 2:
-            _deinterleave_columns(sch, pad)
+    pads = _inline_producers(sch, conv, producers, keep=gathers)
     epilogue = _inline_epilogue(sch, epilogue)
     if kind == "pointwise":
         _pointwise(sch, conv, epilogue, const, gathers, pad_planes=pad_planes)
@@ -156,6 +150,18 @@ def _pads(sch: Schedule, block) -> bool:
     node = sch.get(block)
     out = [int(d) for d in node.writes[0].source.shape]
     return any([int(d) for d in r.source.shape] != out for r in node.reads)
+
+
+def _inline_producers(sch: Schedule, consumer, producers: list, keep: list = ()) -> list:
+    """Inline every producer but the padding stages and ``keep``; the padding stages, stride-2 ones de-interleaved."""
+    pads = [b for b in producers if _pads(sch, b)]
+    for block in producers:
+        if block not in pads and block not in keep:
+            sch.compute_inline(block)
+    for pad in pads:
+        if _x_stride(sch, consumer, pad) == 2:
+            _deinterleave_columns(sch, pad)
+    return pads
 
 
 def _inline_epilogue(sch: Schedule, epilogue: list):
@@ -451,13 +457,7 @@ class Pool2d(dlight.ScheduleRule):
             return None
         pool, producers = blocks[-1], blocks[:-1]
         try:
-            pads = [b for b in producers if _pads(sch, b)]
-            for block in producers:
-                if block not in pads:
-                    sch.compute_inline(block)
-            for pad in pads:
-                if _x_stride(sch, pool, pad) == 2:
-                    _deinterleave_columns(sch, pad)
+            pads = _inline_producers(sch, pool, producers)
             extents = _extents(sch, pool)
             const = cpu_constants(target)
             n, c, y, x, *window = sch.get_loops(pool)

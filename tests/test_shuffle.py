@@ -160,6 +160,12 @@ def run(mod, x: np.ndarray, spec=X86) -> np.ndarray:
     return (out if hasattr(out, "numpy") else out[0]).numpy()
 
 
+def assert_matches_unscheduled(mod, x: np.ndarray) -> None:
+    """Our build (default schedules) against TVM's own unscheduled lowering of the same graph."""
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+
+
 def fused_and_report(mod):
     report = FusionReport()
     return fuse_shuffles(mod, report), report
@@ -407,16 +413,14 @@ def test_max_pool_gets_a_default_schedule(size):
     (pool,) = [f for name, f in build.lower(mod, X86).functions.items() if "max_pool" in name.name_hint]
     assert default_schedule(pool, X86.tvm_target()) is not None
     x = _input((N, C, size, size))
-    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(mod, x)
 
 
 def test_channel_tiles_need_not_divide_the_output_channels():
     """29 output channels (prime, like ShuffleNet's 58 = 2 x 29): the last tile of 8 is partly empty."""
     mod = _graph(lambda bb, x: bb.emit(_conv(x, 29, relu=True)), (N, C, 8, 8))
     x = _input((N, C, 8, 8))
-    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(mod, x)
 
 
 @pytest.mark.parametrize("kernel, groups, stride, bias, size", [
@@ -435,8 +439,7 @@ def test_default_schedules_compute_the_convolution(kernel, groups, stride, bias,
     kernels = _conv_kernels(mod, X86)
     assert kernels and all(default_schedule(f, X86.tvm_target()) is not None for _, f in kernels)
     x = _input((N, C, size, size))
-    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(mod, x)
 
 
 def _is_1x1_weight(buffer) -> bool:
@@ -453,8 +456,7 @@ def test_odd_planes_run_padded_to_whole_vectors():
     for name, func in pointwise:
         assert "pad_einsum" in str(default_schedule(func, avx512).trace), name
     x = _input((N, C, 7, 7))
-    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(mod, x)
 
 
 @pytest.mark.parametrize("target, isa, lanes", [("x86-avx2", "avx2", 8), ("x86-avx512", "avx512", 16),
