@@ -6,9 +6,12 @@ Laid out like TVM's dlight rules:
 * :mod:`.fuse` removes them, and the splits and concats around them, from
   the graph (:func:`fuse_shuffles`, called by ``passes.optimize``);
 * :mod:`.kernels` defines the convolutions that read through a gather;
+* :mod:`.analysis` tells what kind of kernel a function is (which
+  convolution, its producers and epilogue), for the rules of both:
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
-  :mod:`.gpu` gives CUDA kernels ``tvm.s_tir.dlight``'s GPU rules.
+* :mod:`.gpu` schedules depthwise convolutions for CUDA (one thread per
+  output pixel) and gives every other kernel ``tvm.s_tir.dlight``'s GPU rules.
 """
 
 from __future__ import annotations
@@ -38,12 +41,10 @@ def default_schedule_passes(spec) -> list:
 
 
 def default_schedule(func, target):
-    """The default schedule of one PrimFunc (a ``Schedule``), or None when no rule applies."""
-    from tvm_shuffle.schedules import cpu
+    """The default schedule of one PrimFunc by our own rules (a ``Schedule``), or None when none applies."""
+    from tvm_shuffle.schedules import cpu, gpu
 
-    if target.kind.name != "llvm":
-        return None
-    for rule in cpu.default_rules():
+    for rule in cpu.default_rules() + gpu.custom_rules():
         sch = rule.apply(func, target, False)
         if sch is not None:
             return sch

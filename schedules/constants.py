@@ -49,3 +49,16 @@ def cpu_constants(target) -> CPUConstants:
         except Exception:  # a feature name LLVM does not know for this architecture
             continue
     return GENERIC_CPU
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUConstants:
+    """Launch shape of the direct GPU schedules."""
+
+    threads_per_block: int
+    unroll_limit: int = 64
+
+
+# 4 warps a block: ShuffleNetV2 1.0x's smallest depthwise output (464 x 7 x 7
+# at 224x224) still makes 178 blocks, more than an H100 or H200 has SMs (132).
+GPU = GPUConstants(threads_per_block=128)

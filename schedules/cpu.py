@@ -24,37 +24,24 @@ function; the transformation follows; tile sizes come from
 
 from __future__ import annotations
 
-import os
-
+from tvm_shuffle.schedules.analysis import DEBUG, child_blocks, conv_shape, inline_epilogue, is_reduction, iter_extents
 from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
 from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
 
 # Iterations below this run on one thread: waking the pool costs more.
 MIN_PARALLEL_WORK = 4096
 
-# TVM_SHUFFLE_DEBUG_SCHEDULES=1: a rule that fails raises instead of leaving the kernel unscheduled.
-DEBUG = bool(os.environ.get("TVM_SHUFFLE_DEBUG_SCHEDULES"))
-
 
 def _is_cpu(target) -> bool:
     return target.kind.name == "llvm"
 
 
-def _blocks(sch: Schedule):
-    root = sch.get_sblock("root")
-    return sch.get_child_blocks(root)
 
 
-def _is_reduction(sch: Schedule, block) -> bool:
-    return any(iv.iter_type == tir.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
-def _extents(sch: Schedule, block) -> list[int]:
-    return [int(iv.dom.extent) for iv in sch.get(block).iter_vars]
 
 
-def _vars_in(expr) -> list:
-    return list(tir.analysis.undefined_vars(expr))
 
 
 class Conv2dNCHW(dlight.ScheduleRule):
@@ -76,13 +63,13 @@ class Conv2dNCHW(dlight.ScheduleRule):
 
 def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
     """``sch`` scheduled, or None if it is not one NCHW convolution; raises where a primitive refuses."""
-    shape = _conv_shape(sch)
+    shape = conv_shape(sch)
     if shape is None:
         return None
     conv, producers, epilogue, kind = shape
     gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
     pads = _inline_producers(sch, conv, producers, keep=gathers)
-    epilogue = _inline_epilogue(sch, epilogue)
+    epilogue = inline_epilogue(sch, epilogue)
     if kind == "pointwise":
         _pointwise(sch, conv, epilogue, const, gathers, pad_planes=pad_planes)
     else:
@@ -90,54 +77,8 @@ def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
     return sch
 
 
-def _conv_shape(sch: Schedule):
-    """(conv block, spatial producers, epilogue blocks, kind) or None if this is not one NCHW convolution.
-
-    ``kind`` is "pointwise" (1x1, stride 1: the pixels of an input plane are
-    the pixels of the output), "depthwise" (each output channel reads one
-    input channel) or "windowed" (anything else).
-    """
-    blocks = list(_blocks(sch))
-    reductions = [b for b in blocks if _is_reduction(sch, b)]
-    if len(reductions) != 1:
-        return None
-    conv = reductions[0]
-    node = sch.get(conv)
-    iters = node.iter_vars
-    if len(iters) < 5 or any(iv.iter_type != tir.IterVar.DataPar for iv in iters[:4]) \
-            or any(iv.iter_type != tir.IterVar.CommReduce for iv in iters[4:]):
-        return None
-    if len(node.writes) != 1 or len(node.writes[0].source.shape) != 4:
-        return None
-    position = blocks.index(conv)
-    producers, epilogue = blocks[:position], blocks[position + 1:]
-    if any(_is_reduction(sch, b) for b in producers + epilogue):
-        return None
-    y, x = iters[2].var, iters[3].var
-    # Reduction axes of extent 1 (a 1x1 kernel's ry, rx) index nothing.
-    analyzer = arith.Analyzer()
-    for iv in iters[4:]:
-        if int(iv.dom.extent) == 1:
-            analyzer.bind(iv.var, iv.dom.min)
-    wide = [iv.var for iv in iters[4:] if int(iv.dom.extent) > 1]
-    data_reads = []
-    for read in node.reads:
-        if len(read.source.shape) != 4:
-            continue
-        index = [analyzer.simplify(r.min) for r in read.region]
-        if any(v.same_as(y) for v in _vars_in(index[2])):
-            data_reads.append(index)
-    if not data_reads or len(data_reads) == sum(len(r.source.shape) == 4 for r in node.reads):
-        return None  # no weight: a pooling, not a convolution
-    pointwise = all(_is_var(index[2], y) and _is_var(index[3], x) for index in data_reads)
-    depthwise = not pointwise and not any(v.same_as(w) for index in data_reads for v in _vars_in(index[1])
-                                          for w in wide)
-    kind = "pointwise" if pointwise else "depthwise" if depthwise else "windowed"
-    return conv, producers, epilogue, kind
 
 
-def _is_var(expr, var) -> bool:
-    return isinstance(expr, tir.Var) and expr.same_as(var)
 
 
 def _writes_parameter(sch: Schedule, block) -> bool:
@@ -164,15 +105,10 @@ def _inline_producers(sch: Schedule, consumer, producers: list, keep: list = ())
     return pads
 
 
-def _inline_epilogue(sch: Schedule, epilogue: list):
-    """Fold the elementwise chain after the convolution into one block; that block, or None."""
-    for block in reversed(epilogue[1:]):
-        sch.reverse_compute_inline(block)
-    return epilogue[0] if epilogue else None
 
 
 def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list, *, pad_planes: bool) -> None:
-    extents = _extents(sch, conv)
+    extents = iter_extents(sch, conv)
     lanes = const.lanes()
     width = extents[3]
     pixels = extents[2] * width
@@ -263,7 +199,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     are dropped by the epilogue, which reads only the real pixels.
     """
     lanes = const.lanes()
-    iters = len(_extents(sch, conv))
+    iters = len(iter_extents(sch, conv))
     sch.pad_einsum(conv, [1, 1, lanes] + [1] * (iters - 3))
     (padding,) = sch.get_producers(conv)
     for gather in gathers:
@@ -271,7 +207,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     for unpad in sch.get_consumers(conv):
         sch.compute_inline(unpad)
     n, o, hw, *reduce = sch.get_loops(conv)
-    channels, padded_pixels = _extents(sch, conv)[1:3]
+    channels, padded_pixels = iter_extents(sch, conv)[1:3]
     oc_tile = min(channels, const.accumulators)
     hw_out, hw_in = sch.split(hw, [None, lanes])
     o_out, o_in = sch.split(o, [None, oc_tile])
@@ -289,7 +225,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
 
 def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: bool, pads: list) -> None:
     n, o, y, x, *reduce = sch.get_loops(conv)
-    extents = _extents(sch, conv)
+    extents = iter_extents(sch, conv)
     lanes = const.lanes()
     width = extents[3]
     x_out, x_in = sch.split(x, [None, _pixel_tile(width, lanes, 1)])
@@ -410,8 +346,8 @@ class Dense(dlight.ScheduleRule):
         if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
             return None
         sch = Schedule(func)
-        blocks = list(_blocks(sch))
-        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        blocks = list(child_blocks(sch))
+        reductions = [b for b in blocks if is_reduction(sch, b)]
         if len(reductions) != 1 or blocks[0] is not reductions[0]:
             return None
         dense = reductions[0]
@@ -420,9 +356,9 @@ class Dense(dlight.ScheduleRule):
             return None
         const = cpu_constants(target)
         try:
-            epilogue = _inline_epilogue(sch, blocks[1:])
+            epilogue = inline_epilogue(sch, blocks[1:])
             i, j, k = sch.get_loops(dense)
-            columns = _extents(sch, dense)[1]
+            columns = iter_extents(sch, dense)[1]
             vector = _power_of_two_divisor(columns, const.lanes())
             j_out, j_mid, j_in = sch.split(j, [_column_chunks(columns // vector), None, vector])
             sch.reorder(i, j_out, k, j_mid, j_in)
@@ -452,13 +388,13 @@ class Pool2d(dlight.ScheduleRule):
         if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
             return None
         sch = Schedule(func)
-        blocks = list(_blocks(sch))
-        if not blocks or not _is_pool(sch, blocks[-1]) or any(_is_reduction(sch, b) for b in blocks[:-1]):
+        blocks = list(child_blocks(sch))
+        if not blocks or not _is_pool(sch, blocks[-1]) or any(is_reduction(sch, b) for b in blocks[:-1]):
             return None
         pool, producers = blocks[-1], blocks[:-1]
         try:
             pads = _inline_producers(sch, pool, producers)
-            extents = _extents(sch, pool)
+            extents = iter_extents(sch, pool)
             const = cpu_constants(target)
             n, c, y, x, *window = sch.get_loops(pool)
             x_out, x_in = sch.split(x, [None, _pixel_tile(extents[3], const.lanes(), 1)])

@@ -10,14 +10,17 @@ move by reassociation only (~1e-7 seen).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from tvm_shuffle import build, frontends, models, passes, targets
 from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
-from tvm_shuffle.schedules.constants import cpu_constants
-from tvm_shuffle.tvm_compat import ms, relax, tvm
+from tvm_shuffle.schedules.constants import GPU, cpu_constants
+from tvm_shuffle.schedules.gpu import DepthwiseConv
+from tvm_shuffle.tvm_compat import Schedule, Trace, ms, relax, tvm
 
 ATOL = RTOL = 1e-4
 X86 = targets.get("x86")
@@ -473,6 +476,71 @@ def test_arm_build_compiles_with_the_default_schedules():
 def test_cuda_build_compiles_the_gathered_kernels():
     mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split))
     assert build.build(mod, targets.get("cuda-sm_80")) is not None
+
+
+def without_thread_bindings(sch: Schedule, func) -> "tvm.tirx.PrimFunc":
+    """``func`` scheduled by ``sch``'s trace minus its thread bindings: every GPU thread's work, one after another.
+
+    That is the GPU kernel's result exactly when its threads share nothing
+    (no shared memory, no barrier), as in :class:`DepthwiseConv`'s schedule,
+    so its index arithmetic can be checked on the CPU.
+    """
+    def kept(inst):
+        return inst.kind.name != "Bind"
+
+    trace = sch.trace
+    serial = Schedule(func)
+    Trace([i for i in trace.insts if kept(i)], {i: d for i, d in trace.decisions.items() if kept(i)}) \
+        .apply_to_schedule(serial, remove_postproc=False)
+    return serial.mod["main"]
+
+
+def run_kernel(func, args: list[np.ndarray]) -> np.ndarray:
+    """The last argument (the output) after one call of ``func`` compiled for this CPU."""
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target="llvm")["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def test_cuda_depthwise_kernels_run_one_thread_per_output_pixel():
+    """Stock and gathered depthwise kernels, stride 1 and 2: one thread per output pixel, same result as unscheduled."""
+    spec = targets.get("cuda-sm_80")
+    target = spec.tvm_target()
+    graphs = [stride2_unit(), v1_unit(3), v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split)]
+    kernels = [k for mod in graphs for k in _conv_kernels(fuse_shuffles(mod), spec)]
+    scheduled = {name: (func, DepthwiseConv().apply(func, target, False)) for name, func in kernels}
+    depthwise = {name: pair for name, pair in scheduled.items() if pair[1] is not None}
+    assert any("gathered" in name for name in depthwise) and any("gathered" not in name for name in depthwise)
+    assert len(depthwise) >= 4  # the stride-2 unit's two, v1's one, v2's one per unit
+    rng = np.random.default_rng(0)
+    for name, (func, sch) in depthwise.items():
+        blocks, threads = _thread_extents(sch.mod["main"])
+        out_pixels = int(np.prod([int(d) for d in ms.arg_info.ArgInfo.from_prim_func(func)[-1].shape]))
+        assert threads == min(GPU.threads_per_block, out_pixels) and blocks == -(-out_pixels // threads), name
+        args = [rng.standard_normal([int(d) for d in info.shape]).astype(str(info.dtype))
+                for info in ms.arg_info.ArgInfo.from_prim_func(func)]
+        expected = run_kernel(func, [a.copy() for a in args])
+        assert np.abs(expected).max() > 0, name
+        np.testing.assert_allclose(run_kernel(without_thread_bindings(sch, func), args), expected,
+                                   atol=ATOL, rtol=RTOL, err_msg=name)
+
+
+def _thread_extents(func) -> list[int]:
+    """Extents of the loops bound to GPU threads and blocks, outermost first."""
+    return [int(extent) for extent in re.findall(r"T\.thread_binding\((?:T\.int64\()?(\d+)", func.script())]
+
+
+def test_cuda_untuned_and_tuning_start_from_the_depthwise_schedule():
+    """The build's schedule passes and the tuning seeds both use our rule for depthwise kernels (dlight's otherwise)."""
+    spec = targets.get("cuda-sm_80")
+    target = spec.tvm_target()
+    kernels = _conv_kernels(fuse_shuffles(stride2_unit()), spec)
+    for name, func in kernels:
+        ours = DepthwiseConv().apply(func, target, False)
+        seeded = default_schedule(func, target)
+        assert (seeded is None) == (ours is None), name
+        if ours is not None:
+            assert str(seeded.trace) == str(ours.trace), name
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tvm.ir.utils import derived_object  # tvm.meta_schedule.utils in older rele
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.s_tir import Schedule  # tvm.tir.Schedule before 0.27
+from tvm.s_tir.schedule import Trace  # tvm.tir.schedule.Trace before 0.27
 from tvm import te, topi
 from tvm import sym as arith  # tvm.arith before 0.27
 from tvm.support import cc
@@ -30,7 +31,7 @@ VERIFIED_TVM = "0.27.0.post1"
 Constant = tvm.ir.expr.GenericConst  # relax.Constant before 0.27
 TVM_VERSION = tvm.__version__
 
-__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Constant", "derived_object",
+__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Trace", "Constant", "derived_object",
            "from_onnx", "from_exported_program", "estimate_tir_flops", "make_target", "llvm_host_cpu",
            "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "TVM_VERSION", "VERIFIED_TVM"]
 

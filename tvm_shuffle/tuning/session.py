@@ -132,8 +132,14 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
 
 
 def _default_candidates(task: tasks.Task, target, spec: TargetSpec) -> list:
-    """What the untuned build runs for this kernel, to measure first (CPU; GPU kernels need dlight's binding)."""
+    """What the untuned build runs for this kernel, to measure first.
+
+    Where no rule of ours applies, a CPU kernel's untuned build is TVM's
+    unscheduled loop nest; a GPU kernel's is dlight's, which MetaSchedule's
+    own design space covers (an unscheduled one cannot run: no thread binding).
+    """
+    ours = schedules.default_candidates(task.mod, target)
     if spec.family == "cuda":
-        return []
-    return schedules.default_candidates(task.mod, target) or [unscheduled_candidate(task.mod)]
+        return ours
+    return ours or [unscheduled_candidate(task.mod)]
 
