@@ -68,16 +68,16 @@ def model_cases(everything: bool):
 
 
 def build_variant(imported, spec, out: Path, mode: str, *, trials: int | None, work_dir: Path) -> Path:
-    """The exported library of one variant, tuned with ``trials`` trials first when given."""
+    """The exported library of one variant, tuned with ``trials`` trials first when given (built as ``tune`` does)."""
     from tvm_shuffle import build
-    from tvm_shuffle.tuning import runner, session
+    from tvm_shuffle.tuning import in_model, runner, session
 
     if not trials:
         return build.compile_imported(imported, spec, out, shuffle=mode)
-    outcome = session.tune(imported, spec, device=runner.local(spec), work_dir=work_dir / mode, trials=trials,
+    device = runner.local(spec)
+    outcome = session.tune(imported, spec, device=device, work_dir=work_dir / mode, trials=trials,
                            shuffle=mode, quiet=True, log=lambda message: None)
-    return build.compile_imported(imported, spec, out, shuffle=mode, database=outcome.database,
-                                  database_digest=outcome.digest)
+    return in_model.build_checked(imported, spec, outcome, out, shuffle=mode, device=device)[0]
 
 
 def measure_case(name, module, shape, spec, repeat: int, *, trials: int | None = None,

@@ -4,8 +4,10 @@
                                   [--threads 2] [--repeat 50] [--rounds 3] [--work-dir work/bench]
 
 Tunes in steps (each resumes the previous one's records) and after every
-step times the tuned library, the untuned library and ONNX Runtime (same
-thread count, fp32, batch 1) in interleaved rounds, so the three numbers of
+step times the tuned library (after the in-model check of
+``tvm_shuffle.tuning.in_model``, as ``tune`` builds it), MetaSchedule's own
+pick (every kernel from the records), the untuned library and ONNX Runtime
+(same thread count, fp32, batch 1) in interleaved rounds, so the numbers of
 a row saw the same machine load: on a shared machine the ratios are what to
 read. Prints a Markdown table and writes it, with the raw numbers as JSON,
 to ``benchmarks/results/`` under a name that records the setup.
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     import torch
 
     from tvm_shuffle import build, frontends, models, peers, runtime, targets
-    from tvm_shuffle.tuning import database, runner, session
+    from tvm_shuffle.tuning import database, in_model, runner, session
     from tvm_shuffle.tvm_compat import TVM_VERSION
 
     spec = targets.get("x86")
@@ -84,26 +86,31 @@ def main(argv=None) -> int:
         outcome = session.tune(imported, spec, device=device, work_dir=args.work_dir, trials=trials,
                                shuffle=args.shuffle)
         tuning_s += outcome.seconds
-        out = build.compile_imported(imported, spec, scratch / f"tuned-{trials}", shuffle=args.shuffle,
-                                     database=outcome.database, database_digest=outcome.digest)
+        pick = runtime.load(build.compile_imported(imported, spec, scratch / f"pick-{trials}", shuffle=args.shuffle,
+                                                   database=outcome.database, database_digest=outcome.digest))
+        out, _, kept = in_model.build_checked(imported, spec, outcome, scratch / f"tuned-{trials}",
+                                              shuffle=args.shuffle, device=device)
         tuned = runtime.load(out)
-        ms_ = interleaved_ms({"tuned": lambda a: tuned(a), "untuned": lambda a: untuned(a), "onnxruntime": ort_run},
-                             x, rounds=args.rounds, repeat=args.repeat)
+        ms_ = interleaved_ms({"tuned": lambda a: tuned(a), "pick": lambda a: pick(a), "untuned": lambda a: untuned(a),
+                              "onnxruntime": ort_run}, x, rounds=args.rounds, repeat=args.repeat)
         estimate = outcome.estimate_seconds
         rows.append({"trials": database.own_trials(outcome.directory), "tuning_s": round(tuning_s, 1),
                      **{f"{k}_ms": round(v, 3) for k, v in ms_.items()},
                      "estimate_ms": round(estimate * 1e3, 3) if estimate else None,
-                     "tuned_vs_ort": round(ms_["tuned"] / ms_["onnxruntime"], 3)})
-        print(f"after {rows[-1]['trials']} trials ({tuning_s / 60:.1f} min tuning): tuned {ms_['tuned']:.2f} ms, "
-              f"untuned {ms_['untuned']:.2f} ms, ONNX Runtime {ms_['onnxruntime']:.2f} ms "
+                     "tuned_vs_ort": round(ms_["tuned"] / ms_["onnxruntime"], 3),
+                     "kept_default": [v.kernel for v in kept], "kernels": len(outcome.workloads)})
+        print(f"after {rows[-1]['trials']} trials ({tuning_s / 60:.1f} min tuning): tuned {ms_['tuned']:.2f} ms "
+              f"({len(kept)} of {len(outcome.workloads)} kernels kept their default schedule), MetaSchedule's pick "
+              f"{ms_['pick']:.2f} ms, untuned {ms_['untuned']:.2f} ms, ONNX Runtime {ms_['onnxruntime']:.2f} ms "
               f"-> tuned/ORT {rows[-1]['tuned_vs_ort']:.2f}", flush=True)
         if outcome.interrupted:
             break
 
-    table = ["| trials | tuning (min) | tuned TVM (ms) | untuned TVM (ms) | ONNX Runtime (ms) | tuned / ORT "
-             "| MetaSchedule sum of kernels (ms) |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {r['trials']} | {r['tuning_s'] / 60:.1f} | {r['tuned_ms']:.2f} | {r['untuned_ms']:.2f} | "
-              f"{r['onnxruntime_ms']:.2f} | {r['tuned_vs_ort']:.2f} | "
+    table = ["| trials | tuning (min) | tuned TVM (ms) | kernels kept default | MetaSchedule's pick (ms) "
+             "| untuned TVM (ms) | ONNX Runtime (ms) | tuned / ORT | MetaSchedule sum of kernels (ms) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {r['trials']} | {r['tuning_s'] / 60:.1f} | {r['tuned_ms']:.2f} | {len(r['kept_default'])}/{r['kernels']} "
+              f"| {r['pick_ms']:.2f} | {r['untuned_ms']:.2f} | {r['onnxruntime_ms']:.2f} | {r['tuned_vs_ort']:.2f} | "
               f"{r['estimate_ms'] if r['estimate_ms'] is not None else '-'} |" for r in rows]
     header = (f"{args.model} {args.input_shape} fp32 batch 1, {args.threads} threads, {spec.target.get('mcpu')}, "
               f"TVM {TVM_VERSION}, shuffle={args.shuffle}; medians of {args.rounds} interleaved rounds x "

@@ -16,7 +16,7 @@ from conftest import free_port
 from tvm_shuffle import targets
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.errors import UserError
-from tvm_shuffle.tuning import database, rpc, runner, search
+from tvm_shuffle.tuning import database, in_model, rpc, runner, search
 
 MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"]
 
@@ -183,3 +183,27 @@ def test_tensor_intrinsics_import_with_pytorch_loaded():
              "    assert TensorIntrin.get(name) is not None, name\n")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---- the in-model check -------------------------------------------------------------------------
+
+def test_only_kernels_slower_beyond_the_margin_keep_their_default_schedule():
+    tuned = {"conv_a": 120.0, "conv_b": 104.0, "conv_c": 50.0, "vm.builtin.alloc_tensor": 90.0}
+    default = {"conv_a": 100.0, "conv_b": 100.0, "conv_c": 80.0, "vm.builtin.alloc_tensor": 10.0}
+    verdicts = in_model.slower_when_tuned(tuned, default, ["conv_a", "conv_b", "conv_c", "conv_missing"], margin=0.05)
+    assert verdicts == [in_model.Verdict("conv_a", 120.0, 100.0)]  # b is within the margin; builtins are no kernels
+
+
+def test_an_in_model_choice_applies_only_to_the_records_it_was_made_for(tmp_path):
+    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]'])
+    (tmp_path / in_model.CHOICE).write_text(json.dumps({
+        "records_digest": database.digest(tmp_path), "default_schedule": [{"kernel": "k", "workload": "42"}]}))
+    assert in_model.excluded_workloads(tmp_path) == {"42"}
+    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]', '[0, [[], [2e-05]]]'])  # tuned further
+    assert in_model.excluded_workloads(tmp_path) == set()
+
+
+def test_a_corrupt_in_model_choice_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / in_model.CHOICE).write_text("{not json")
+    with pytest.raises(UserError, match=in_model.CHOICE):
+        in_model.excluded_workloads(tmp_path)

@@ -30,7 +30,7 @@ from conftest import TINY_SHAPE, TinyShuffleUnit
 from tvm_shuffle import runtime
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.models import randomize_batchnorm
-from tvm_shuffle.tuning import database
+from tvm_shuffle.tuning import database, in_model
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +112,34 @@ def test_summary_reports_trials_builder_overhead_and_latencies(tiny_pt2, work, t
     assert "nothing to tune" in captured.err  # the same command again: the budget is spent
     assert f"{TRIALS} of {TRIALS} in all" in captured.out
     assert "end-to-end median latency: untuned" in captured.out and "-> tuned" in captured.out
+    assert "in-model check:" in captured.out and (records_dir(work) / in_model.CHOICE).is_file()
     with capsys.disabled():
         print("\n" + captured.out)
+
+
+def test_a_kernel_the_model_check_sends_back_builds_with_its_default_schedule(tiny_pt2, work, tmp_path, tiny_module):
+    """The build drops exactly that kernel's records, keeps every other tuned kernel, and stays exact."""
+    from tvm_shuffle import build, frontends, passes, targets
+    from tvm_shuffle.tuning import tasks
+
+    directory = tmp_path / "records"
+    shutil.copytree(records_dir(work), directory)
+    spec = targets.get("x86")
+    imported = frontends.load(torch=str(tiny_pt2))
+    task_list = tasks.extract(build.lower(passes.optimize(imported.mod), spec), spec.tvm_target())
+    db = database.open_database(directory)
+    tuned_tasks = [t for t in task_list if database.valid_records(db, t.mod)]
+    assert len(tuned_tasks) >= 2
+    back = tuned_tasks[0]
+    in_model.save(directory, [in_model.Verdict(back.name, 2.0, 1.0)], {t.name: t.mod for t in task_list})
+    kept = in_model.build_database(directory)
+    assert not kept.has_workload(back.mod)
+    assert all(kept.has_workload(t.mod) for t in tuned_tasks[1:])
+    out = build.compile_imported(imported, spec, tmp_path / "out", database=kept)
+    x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype("float32")
+    with torch.no_grad():
+        expected = tiny_module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runtime.load(out)(x)[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_more_trials_resume_without_measuring_anything_twice(tiny_pt2, work, tmp_path, capsys):

@@ -180,13 +180,13 @@ def _quiet_fds():
 
 def _tvm_tuned(w: Workload) -> Session:
     from tvm_shuffle import build
-    from tvm_shuffle.tuning import database
+    from tvm_shuffle.tuning import database, in_model
 
     directory = database.database_dir(w.work_dir, w.spec, w.imported.name, w.input_shape, w.shuffle)
     records = directory / database.RECORDS
     if not records.is_file() or not records.read_bytes().strip():
         raise Unavailable(f"no tuning database in {directory}; create one with: {w.tune_command}")
-    db = database.open_database(directory)
+    db = in_model.build_database(directory)
     out = build.compile_imported(w.imported, w.spec, w.scratch / "tuned", shuffle=w.shuffle, database=db,
                                  database_digest=database.digest(directory))
     trials = database.own_trials(directory)

@@ -20,7 +20,7 @@ import numpy as np
 from tvm_shuffle import targets
 from tvm_shuffle.compile import add_model_arguments, add_target_arguments, import_model, resolve_target
 from tvm_shuffle.errors import cli_entry
-from tvm_shuffle.tuning import database, rpc, runner
+from tvm_shuffle.tuning import database, in_model, rpc, runner
 
 DEFAULT_RPC_TIMEOUT_S = 60
 
@@ -133,7 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"imported {imported.name} ({imported.source}) input {imported.input_name} "
           f"{'x'.join(map(str, imported.input_shape))}", file=sys.stderr)
 
-    from tvm_shuffle import build
     from tvm_shuffle.tuning import session
 
     outcome = session.tune(imported, spec, device=device, work_dir=args.work_dir, trials=args.trials,
@@ -143,13 +142,24 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run the same command again to resume", file=sys.stderr)
         return 130
     out = Path(args.out or f"out/{imported.name}-{spec.name}")
-    print("building the tuned library", file=sys.stderr)
-    build.compile_imported(imported, spec, out, shuffle=args.shuffle, database=outcome.database,
-                           database_digest=outcome.digest)
-    untuned = build.compile_imported(imported, spec, outcome.directory / "untuned", shuffle=args.shuffle)
+    print("building the tuned library, then checking its kernels in the model", file=sys.stderr)
+    out, untuned, verdicts = in_model.build_checked(imported, spec, outcome, out, shuffle=args.shuffle,
+                                                    device=device)
     before, after = (end_to_end_ms(d, imported, spec, device) for d in (untuned, out))
     print_summary(outcome, spec, device, out, before, after)
+    print_check(verdicts, outcome)
     return 0
+
+
+def print_check(verdicts, outcome) -> None:
+    if verdicts is None:
+        print("in-model check: skipped (the library does not run on this machine's CPU); "
+              "every kernel uses MetaSchedule's pick")
+        return
+    print(f"in-model check: {len(verdicts)} of {len(outcome.workloads)} kernels ran faster in the model with "
+          f"their default schedule and keep it (choice in {outcome.directory / in_model.CHOICE})")
+    for verdict in verdicts:
+        print(f"  {verdict.kernel[:46]:<46} tuned {verdict.tuned_us:8.1f} us, default {verdict.default_us:8.1f} us")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class Outcome:
     seconds: float = 0.0
     builder: BuildStats = dataclasses.field(default_factory=BuildStats)
     interrupted: bool = False
+    workloads: dict = dataclasses.field(default_factory=dict)  # task name (= kernel symbol) -> its TIR module
 
     @property
     def digest(self) -> str:
@@ -93,7 +94,8 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
     states = [TaskState(t.name, t.weight, best[t.name]) for t in task_list]
     budget = spec.default_trials if trials is None else trials
     done = database.own_trials(directory)
-    outcome = Outcome(directory, db, states, budget, done, shared=shared)
+    outcome = Outcome(directory, db, states, budget, done, shared=shared,
+                      workloads={t.name: t.mod for t in task_list})
     if done >= budget or not task_list:
         log(f"{done} trials already measured for this model (budget {budget}): nothing to tune; "
             "pass a larger --trials to tune further" if task_list else "the model has no kernels to tune")
