@@ -23,7 +23,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import shutil
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -140,21 +142,29 @@ def build_checked(imported, spec, outcome, out: Path, *, shuffle: str, device) -
     """The tuned library in ``out`` and the untuned one beside the records, after the model check where it can run.
 
     Returns (tuned dir, untuned dir, the kernels that kept their default
-    schedule, or None when the check could not run here).
+    schedule, or None when the check could not run here). The check profiles
+    MetaSchedule's pick from a fresh directory of its own: a process that
+    has loaded a library cannot load another one written to the same path
+    (the dynamic loader hands back the first).
     """
     from tvm_shuffle import build
 
-    build.compile_imported(imported, spec, out, shuffle=shuffle, database=outcome.database,
-                           database_digest=outcome.digest)
     untuned = build.compile_imported(imported, spec, outcome.directory / "untuned", shuffle=shuffle)
     if not runs_here(spec, device):
-        return out, untuned, None
-    x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
-    verdicts = check(out, untuned, outcome.workloads, x, outcome.directory)
-    if verdicts:
-        build.compile_imported(imported, spec, out, shuffle=shuffle,
-                               database=build_database(outcome.directory, outcome.database),
+        build.compile_imported(imported, spec, out, shuffle=shuffle, database=outcome.database,
                                database_digest=outcome.digest)
+        return out, untuned, None
+    with tempfile.TemporaryDirectory(dir=outcome.directory) as scratch:
+        pick = build.compile_imported(imported, spec, Path(scratch) / "pick", shuffle=shuffle,
+                                      database=outcome.database, database_digest=outcome.digest)
+        x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
+        verdicts = check(pick, untuned, outcome.workloads, x, outcome.directory)
+        if verdicts:
+            build.compile_imported(imported, spec, out, shuffle=shuffle,
+                                   database=build_database(outcome.directory, outcome.database),
+                                   database_digest=outcome.digest)
+        else:
+            shutil.copytree(pick, out, dirs_exist_ok=True)
     return out, untuned, verdicts
 
 
