@@ -7,7 +7,7 @@ Laid out like TVM's dlight rules:
   the graph (:func:`fuse_shuffles`, called by ``passes.optimize``);
 * :mod:`.kernels` defines the convolutions that read through a gather;
 * :mod:`.analysis` tells what kind of kernel a function is (which
-  convolution, its producers and epilogue), for the rules of both:
+  convolution, its producers and epilogue), for the rules of both;
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
 * :mod:`.gpu` schedules depthwise convolutions for CUDA (one thread per
