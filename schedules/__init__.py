@@ -10,8 +10,9 @@ Laid out like TVM's dlight rules:
   convolution, its producers and epilogue), for the rules of both;
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
-* :mod:`.gpu` schedules depthwise convolutions for CUDA (one thread per
-  output pixel) and gives every other kernel ``tvm.s_tir.dlight``'s GPU rules.
+* :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
+  thread a pixel of one or a few channels) and gives every other kernel
+  ``tvm.s_tir.dlight``'s GPU rules.
 """
 
 from __future__ import annotations

@@ -53,12 +53,14 @@ def cpu_constants(target) -> CPUConstants:
 
 @dataclasses.dataclass(frozen=True)
 class GPUConstants:
-    """Launch shape of the direct GPU schedules."""
+    """Launch shape of the direct GPU convolution schedule."""
 
     threads_per_block: int
+    channels_per_thread: int  # at most, for 1x1 convolutions: each input load feeds that many sums
+    min_blocks: int  # fewer channels per thread rather than fewer blocks than this
     unroll_limit: int = 64
 
 
-# 4 warps a block: ShuffleNetV2 1.0x's smallest depthwise output (464 x 7 x 7
-# at 224x224) still makes 178 blocks, more than an H100 or H200 has SMs (132).
-GPU = GPUConstants(threads_per_block=128)
+# 4 warps a block; 132 blocks fill an H100 or H200 (132 SMs) once, and the
+# smaller GPUs (40-108 SMs) more than once.
+GPU = GPUConstants(threads_per_block=128, channels_per_thread=4, min_blocks=132)

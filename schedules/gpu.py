@@ -1,14 +1,16 @@
-"""Default CUDA schedules: our depthwise rule, then ``tvm.s_tir.dlight``'s GPU rules, each allowed to decline.
+"""Default CUDA schedules: our convolution rule, then ``tvm.s_tir.dlight``'s GPU rules, each allowed to decline.
 
-dlight has no rule for depthwise convolutions (ShuffleNet's only spatial
-convolutions after the stem, gathered or not): its ``GeneralReduction``
-gives each output pixel a block of 256 threads that split its 9 taps, 247 of
-them idle. :class:`DepthwiseConv` gives each output pixel one thread instead;
-neighbouring threads compute neighbouring pixels of a plane, so their reads
-and writes coalesce, and the padding and any gather (the shuffle's index
-arithmetic, :mod:`.kernels`) are inlined into the reads as predicates. The
-1x1 convolutions, gathered or not, go to dlight's ``Matmul``, which stages
-the (gathered) input through shared memory.
+ShuffleNet at batch 1 is many small convolutions, and dlight's rules leave
+most of a GPU idle on them. dlight has no depthwise rule: ``GeneralReduction``
+gives each output pixel a block of 256 threads that split its 9 taps, 247
+of them idle. Its ``Matmul`` takes the 1x1 convolutions in tiles so large that
+ShuffleNetV2 1.0x's convolutions after stage 2 launch 8 to 32 blocks, on GPUs
+with 40 to 132 SMs. :class:`DirectConv` gives each thread one output pixel
+of one (depthwise) or a few (1x1) output channels instead: neighbouring
+threads compute neighbouring pixels, so their reads and writes coalesce,
+and the padding and any gather (the shuffle's index arithmetic,
+:mod:`.kernels`) are inlined into the reads as predicates. The stem conv,
+the pooling and the classifier stay with dlight.
 
 Every GPU kernel needs a thread binding, so every kernel must get some rule.
 dlight tries its rules in order, but a rule that cannot handle a kernel may
@@ -29,8 +31,8 @@ def _is_gpu(target) -> bool:
     return "gpu" in target.keys
 
 
-class DepthwiseConv(dlight.ScheduleRule):
-    """A depthwise NCHW convolution with its epilogue: one thread per output pixel, sums in registers."""
+class DirectConv(dlight.ScheduleRule):
+    """Depthwise and 1x1 NCHW convolutions with their epilogue: each thread owns a few outputs, sums in registers."""
 
     def __init__(self, constants: GPUConstants = GPU):
         self.constants = constants
@@ -40,10 +42,10 @@ class DepthwiseConv(dlight.ScheduleRule):
             return None
         sch = Schedule(func)
         shape = conv_shape(sch)
-        if shape is None or shape[3] != "depthwise":
+        if shape is None or shape[3] not in ("depthwise", "pointwise"):
             return None
         try:
-            _direct(sch, *shape[:3], self.constants)
+            _direct(sch, *shape, self.constants)
         except Exception:  # a primitive refused this function: leave it to the next rule
             if DEBUG:
                 raise
@@ -51,20 +53,36 @@ class DepthwiseConv(dlight.ScheduleRule):
         return sch
 
 
-def _direct(sch: Schedule, conv, producers: list, epilogue: list, const: GPUConstants) -> None:
+def channels_per_thread(channels: int, pixels: int, const: GPUConstants) -> int:
+    """Output channels each thread of a 1x1 convolution sums (reusing each input load for all of them).
+
+    The most, up to ``const.channels_per_thread``, that divide ``channels``
+    and still leave ``const.min_blocks`` blocks; else 1: at batch 1 filling
+    the GPU matters more than reuse.
+    """
+    for count in range(const.channels_per_thread, 1, -1):
+        if channels % count == 0 and channels // count * pixels >= const.min_blocks * const.threads_per_block:
+            return count
+    return 1
+
+
+def _direct(sch: Schedule, conv, producers: list, epilogue: list, kind: str, const: GPUConstants) -> None:
     for block in producers:
         sch.compute_inline(block)
     epilogue = inline_epilogue(sch, epilogue)
-    n, c, y, x, *taps = sch.get_loops(conv)
-    pixels = sch.fuse(n, c, y, x)
-    total = 1
-    for extent in iter_extents(sch, conv)[:4]:
-        total *= extent
-    blocks, threads = sch.split(pixels, [None, min(const.threads_per_block, total)])
+    n, c, y, x, *reduce = sch.get_loops(conv)
+    extents = iter_extents(sch, conv)
+    per_thread = 1 if kind == "depthwise" else channels_per_thread(extents[1], extents[2] * extents[3], const)
+    c_out, c_in = sch.split(c, [None, per_thread])
+    sch.reorder(n, c_out, y, x, *reduce, c_in)
+    outputs = sch.fuse(n, c_out, y, x)
+    total = extents[0] * extents[1] // per_thread * extents[2] * extents[3]
+    blocks, threads = sch.split(outputs, [None, min(const.threads_per_block, total)])
     sch.bind(blocks, "blockIdx.x")
     sch.bind(threads, "threadIdx.x")
-    for tap in taps:
-        sch.unroll(tap)
+    for loop in [*reduce, c_in]:
+        if int(sch.get(loop).extent) <= const.unroll_limit // 4:  # taps and channel tiles, not the input channels
+            sch.unroll(loop)
     if epilogue is None:
         sch.reverse_compute_at(sch.cache_write(conv, 0, "local"), threads)
     else:
@@ -72,7 +90,7 @@ def _direct(sch: Schedule, conv, producers: list, epilogue: list, const: GPUCons
         sch.set_scope(conv, 0, "local")
     sch.annotate(threads, "pragma_auto_unroll_max_step", const.unroll_limit)
     sch.annotate(threads, "pragma_unroll_explicit", 1)
-    sch.decompose_reduction(conv, taps[0])
+    sch.decompose_reduction(conv, reduce[0])
 
 
 class Declining(dlight.ScheduleRule):
@@ -92,7 +110,7 @@ class Declining(dlight.ScheduleRule):
 
 def custom_rules() -> tuple:
     """Our GPU rules (what untuned builds use and tuning starts from, where they apply)."""
-    return (DepthwiseConv(),)
+    return (DirectConv(),)
 
 
 def default_rules() -> tuple:

@@ -18,8 +18,9 @@ import torch
 
 from tvm_shuffle import build, frontends, models, passes, targets
 from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
-from tvm_shuffle.schedules.constants import GPU, cpu_constants
-from tvm_shuffle.schedules.gpu import DepthwiseConv
+from tvm_shuffle.schedules.analysis import conv_shape
+from tvm_shuffle.schedules.constants import GPU, GPUConstants, cpu_constants
+from tvm_shuffle.schedules.gpu import DirectConv, channels_per_thread
 from tvm_shuffle.tvm_compat import Schedule, Trace, ms, relax, tvm
 
 ATOL = RTOL = 1e-4
@@ -482,7 +483,7 @@ def without_thread_bindings(sch: Schedule, func) -> "tvm.tirx.PrimFunc":
     """``func`` scheduled by ``sch``'s trace minus its thread bindings: every GPU thread's work, one after another.
 
     That is the GPU kernel's result exactly when its threads share nothing
-    (no shared memory, no barrier), as in :class:`DepthwiseConv`'s schedule,
+    (no shared memory, no barrier), as in :class:`DirectConv`'s schedules,
     so its index arithmetic can be checked on the CPU.
     """
     def kept(inst):
@@ -502,27 +503,42 @@ def run_kernel(func, args: list[np.ndarray]) -> np.ndarray:
     return tensors[-1].numpy()
 
 
-def test_cuda_depthwise_kernels_run_one_thread_per_output_pixel():
-    """Stock and gathered depthwise kernels, stride 1 and 2: one thread per output pixel, same result as unscheduled."""
+@pytest.mark.parametrize("constants", [GPU, GPUConstants(threads_per_block=32, channels_per_thread=4, min_blocks=1)],
+                         ids=["default", "channel-tiles"])
+def test_cuda_convolutions_give_each_thread_its_own_outputs(constants):
+    """Stock and gathered, depthwise (stride 1 and 2) and 1x1 kernels: one thread per output (tile), exact results."""
     spec = targets.get("cuda-sm_80")
     target = spec.tvm_target()
     graphs = [stride2_unit(), v1_unit(3), v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split)]
     kernels = [k for mod in graphs for k in _conv_kernels(fuse_shuffles(mod), spec)]
-    scheduled = {name: (func, DepthwiseConv().apply(func, target, False)) for name, func in kernels}
-    depthwise = {name: pair for name, pair in scheduled.items() if pair[1] is not None}
-    assert any("gathered" in name for name in depthwise) and any("gathered" not in name for name in depthwise)
-    assert len(depthwise) >= 4  # the stride-2 unit's two, v1's one, v2's one per unit
+    ours = {name: (func, sch) for name, func in kernels
+            if (sch := DirectConv(constants).apply(func, target, False)) is not None}
+    kinds = {name: conv_shape(Schedule(func))[3] for name, (func, _) in ours.items()}
+    assert {(kind, "gathered" in name) for name, kind in kinds.items()} == \
+        {(kind, gathered) for kind in ("depthwise", "pointwise") for gathered in (False, True)}
     rng = np.random.default_rng(0)
-    for name, (func, sch) in depthwise.items():
+    tiles = set()
+    for name, (func, sch) in ours.items():
+        out_shape = [int(d) for d in ms.arg_info.ArgInfo.from_prim_func(func)[-1].shape]
+        pixels = out_shape[2] * out_shape[3]
+        per_thread = 1 if kinds[name] == "depthwise" else channels_per_thread(out_shape[1], pixels, constants)
+        tiles.add(per_thread)
+        outputs = int(np.prod(out_shape)) // per_thread
         blocks, threads = _thread_extents(sch.mod["main"])
-        out_pixels = int(np.prod([int(d) for d in ms.arg_info.ArgInfo.from_prim_func(func)[-1].shape]))
-        assert threads == min(GPU.threads_per_block, out_pixels) and blocks == -(-out_pixels // threads), name
+        assert threads == min(constants.threads_per_block, outputs) and blocks == -(-outputs // threads), name
         args = [rng.standard_normal([int(d) for d in info.shape]).astype(str(info.dtype))
                 for info in ms.arg_info.ArgInfo.from_prim_func(func)]
         expected = run_kernel(func, [a.copy() for a in args])
         assert np.abs(expected).max() > 0, name
         np.testing.assert_allclose(run_kernel(without_thread_bindings(sch, func), args), expected,
                                    atol=ATOL, rtol=RTOL, err_msg=name)
+    assert max(tiles) == (1 if constants is GPU else 4)  # these graphs are small: the default keeps one channel
+
+
+def test_gpu_threads_sum_several_channels_only_while_the_gpu_stays_full():
+    assert channels_per_thread(116, 14 * 14, GPU) == 1  # ShuffleNetV2 1.0x stage 3: 178 blocks at one channel
+    assert channels_per_thread(58, 56 * 56, GPU) == 2  # 58 = 2 x 29
+    assert channels_per_thread(232, 56 * 56, GPU) == 4
 
 
 def _thread_extents(func) -> list[int]:
@@ -530,13 +546,13 @@ def _thread_extents(func) -> list[int]:
     return [int(extent) for extent in re.findall(r"T\.thread_binding\((?:T\.int64\()?(\d+)", func.script())]
 
 
-def test_cuda_untuned_and_tuning_start_from_the_depthwise_schedule():
-    """The build's schedule passes and the tuning seeds both use our rule for depthwise kernels (dlight's otherwise)."""
+def test_cuda_untuned_and_tuning_start_from_our_convolution_schedule():
+    """The build's schedule passes and the tuning seeds both use our rule where it applies (dlight's otherwise)."""
     spec = targets.get("cuda-sm_80")
     target = spec.tvm_target()
     kernels = _conv_kernels(fuse_shuffles(stride2_unit()), spec)
     for name, func in kernels:
-        ours = DepthwiseConv().apply(func, target, False)
+        ours = DirectConv().apply(func, target, False)
         seeded = default_schedule(func, target)
         assert (seeded is None) == (ours is None), name
         if ours is not None:
