@@ -86,11 +86,9 @@ def main(argv=None) -> int:
         outcome = session.tune(imported, spec, device=device, work_dir=args.work_dir, trials=trials,
                                shuffle=args.shuffle)
         tuning_s += outcome.seconds
-        pick = runtime.load(build.compile_imported(imported, spec, scratch / f"pick-{trials}", shuffle=args.shuffle,
-                                                   database=outcome.database, database_digest=outcome.digest))
         out, _, kept = in_model.build_checked(imported, spec, outcome, scratch / f"tuned-{trials}",
-                                              shuffle=args.shuffle, device=device)
-        tuned = runtime.load(out)
+                                              shuffle=args.shuffle, device=device, pick=scratch / f"pick-{trials}")
+        tuned, pick = runtime.load(out), runtime.load(scratch / f"pick-{trials}")
         ms_ = interleaved_ms({"tuned": lambda a: tuned(a), "pick": lambda a: pick(a), "untuned": lambda a: untuned(a),
                               "onnxruntime": ort_run}, x, rounds=args.rounds, repeat=args.repeat)
         estimate = outcome.estimate_seconds

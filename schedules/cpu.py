@@ -36,14 +36,6 @@ def _is_cpu(target) -> bool:
     return target.kind.name == "llvm"
 
 
-
-
-
-
-
-
-
-
 class Conv2dNCHW(dlight.ScheduleRule):
     """Register-tiled, vectorized, parallel schedule for NCHW convolutions."""
 
@@ -77,10 +69,6 @@ def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
     return sch
 
 
-
-
-
-
 def _writes_parameter(sch: Schedule, block) -> bool:
     written = sch.get(block).writes[0].source
     return any(param.same_as(written) for param in sch.mod["main"].params)
@@ -103,8 +91,6 @@ def _inline_producers(sch: Schedule, consumer, producers: list, keep: list = ())
         if _x_stride(sch, consumer, pad) == 2:
             _deinterleave_columns(sch, pad)
     return pads
-
-
 
 
 def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list, *, pad_planes: bool) -> None:

@@ -132,6 +132,11 @@ def hook_overhead(times: Mapping[str, Sequence[float]], costs: Mapping[str, Kern
     return min(builtins, default=0.0)
 
 
+def calls_per_run(seconds: Sequence[float], runs: int) -> int:
+    """How often a callee ran per inference, from its :func:`time_calls` samples over ``runs`` runs."""
+    return max(1, len(seconds) // runs)
+
+
 def summarize(times: Mapping[str, Sequence[float]], costs: Mapping[str, KernelCost], runs: int) -> list[KernelRow]:
     """Per-inference rows, slowest first; VM builtins are folded into one ``VM runtime`` row.
 
@@ -141,7 +146,7 @@ def summarize(times: Mapping[str, Sequence[float]], costs: Mapping[str, KernelCo
     runtime_us, runtime_calls = 0.0, 0
     overhead = hook_overhead(times, costs)
     for symbol, seconds in times.items():
-        calls = max(1, len(seconds) // runs)
+        calls = calls_per_run(seconds, runs)
         per_inference = max(0.0, statistics.median(seconds) - overhead) * calls * 1e6
         cost = costs.get(symbol)
         if cost is None:
@@ -171,4 +176,5 @@ def profile(library: str | Path, lowered, x: np.ndarray, *, runs: int = DEFAULT_
 
 
 __all__ = ["KernelRow", "KernelCost", "DATA_MOVEMENT_OPS", "COMPUTE", "DATA_MOVEMENT", "RUNTIME", "classify",
-           "kernel_costs", "buffer_bytes", "time_calls", "hook_overhead", "summarize", "category_shares", "profile"]
+           "kernel_costs", "buffer_bytes", "time_calls", "calls_per_run", "hook_overhead", "summarize",
+           "category_shares", "profile"]

@@ -57,8 +57,7 @@ def per_kernel_us(libraries: Sequence[str | Path], x: np.ndarray, *, rounds: int
     for _ in range(rounds):
         for library, acc in zip(libraries, samples):
             for symbol, seconds in profile.time_calls(library, x, runs=runs).items():
-                calls = max(1, len(seconds) // runs)
-                acc[symbol].append(statistics.median(seconds) * calls * 1e6)
+                acc[symbol].append(statistics.median(seconds) * profile.calls_per_run(seconds, runs) * 1e6)
     return [{symbol: statistics.median(us) for symbol, us in acc.items()} for acc in samples]
 
 
@@ -138,14 +137,16 @@ def runs_here(spec, device) -> bool:
     return not device.remote and spec.family != "cuda"
 
 
-def build_checked(imported, spec, outcome, out: Path, *, shuffle: str, device) -> tuple[Path, Path, list | None]:
+def build_checked(imported, spec, outcome, out: Path, *, shuffle: str, device,
+                  pick: Path | None = None) -> tuple[Path, Path, list | None]:
     """The tuned library in ``out`` and the untuned one beside the records, after the model check where it can run.
 
     Returns (tuned dir, untuned dir, the kernels that kept their default
     schedule, or None when the check could not run here). The check profiles
-    MetaSchedule's pick from a fresh directory of its own: a process that
-    has loaded a library cannot load another one written to the same path
-    (the dynamic loader hands back the first).
+    MetaSchedule's pick from ``pick`` (default: a fresh temporary directory),
+    never from ``out``: a process that has loaded a library cannot load
+    another one written to the same path (the dynamic loader hands back the
+    first).
     """
     from tvm_shuffle import build
 
@@ -155,7 +156,7 @@ def build_checked(imported, spec, outcome, out: Path, *, shuffle: str, device) -
                                database_digest=outcome.digest)
         return out, untuned, None
     with tempfile.TemporaryDirectory(dir=outcome.directory) as scratch:
-        pick = build.compile_imported(imported, spec, Path(scratch) / "pick", shuffle=shuffle,
+        pick = build.compile_imported(imported, spec, pick or Path(scratch) / "pick", shuffle=shuffle,
                                       database=outcome.database, database_digest=outcome.digest)
         x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
         verdicts = check(pick, untuned, outcome.workloads, x, outcome.directory)
