@@ -30,6 +30,7 @@ class CPUConstants:
     vectors_per_tile: int  # at most this many vectors of output pixels per tile
     padded_vectors: int = 1  # at most this many vectors of pixels per tile of a padded plane
     padded_accumulators: int = 0  # accumulators of a padded plane's tile; 0: ``accumulators``
+    dense_vectors: int = 12  # vectors of columns a classifier row piece keeps in registers
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
 
     def lanes(self, dtype_bits: int = 32) -> int:
@@ -44,9 +45,9 @@ class CPUConstants:
 # Keyed by the first feature the target has, in order of preference.
 CPU_ISAS = (
     ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2, padded_vectors=4,
-                               padded_accumulators=28)),
+                               padded_accumulators=28, dense_vectors=28)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
-    ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2)),
+    ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28)),
 )
 GENERIC_CPU = CPUConstants("sse", 128, accumulators=4, vectors_per_tile=2)
 

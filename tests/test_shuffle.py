@@ -463,6 +463,18 @@ def test_odd_planes_run_padded_to_whole_vectors():
     assert_matches_unscheduled(mod, x)
 
 
+@pytest.mark.parametrize("classes, features", [(1000, 1024), (10, 30)])
+def test_classifier_sums_slices_of_weight_rows(classes, features):
+    """``x @ W + b``: the reduction cut into row blocks (4 and 3 here), summed at the end, equal to TVM's own."""
+    weight = _rng().standard_normal((features, classes)) / np.sqrt(features)
+    bias = _rng().standard_normal((classes,))
+    mod = _graph(lambda bb, x: bb.emit(relax.op.add(relax.op.matmul(x, relax.const(weight.astype("float32"))),
+                                                    relax.const(bias.astype("float32")))), (1, features))
+    (dense,) = [f for gv, f in build.lower(mod, X86).functions.items() if "matmul" in gv.name_hint]
+    assert "rfactor" in str(default_schedule(dense, X86.tvm_target()).trace)
+    assert_matches_unscheduled(mod, _input((1, features)))
+
+
 @pytest.mark.parametrize("target, isa, lanes", [("x86-avx2", "avx2", 8), ("x86-avx512", "avx512", 16),
                                                 ("arm-rpi4", "neon", 4), ("arm-graviton2", "neon", 4)])
 def test_tile_constants_follow_the_vector_isa(target, isa, lanes):
