@@ -228,11 +228,11 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         sch.reorder(n, o, y, x_out, *reduce, x_in)
         outer = sch.fuse(n, o)
     else:
-        oc_tile = _largest_divisor(extents[1], 2 * const.accumulators)
+        oc_tile = _largest_divisor(extents[1], const.wide_tile or 2 * const.accumulators)
         o_out, o_in = sch.split(o, [None, oc_tile])
         sch.reorder(n, o_out, y, x_out, *reduce, o_in, x_in)
-        # Threads share rows, not channel tiles: the stem has only 24 / 12 = 2
-        # of those, and its epilogue then runs per tile, while the sums are hot.
+        # Threads share rows, not channel tiles: the stem has one tile of all
+        # its 24 channels, and its epilogue then runs per row, while the sums are hot.
         outer = sch.fuse(n, o_out, y)
         sch.unroll(o_in)
     for loop in reduce[1:] if not depthwise else reduce:
