@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -207,3 +208,48 @@ def test_a_corrupt_in_model_choice_is_an_error_naming_the_file(tmp_path):
     (tmp_path / in_model.CHOICE).write_text("{not json")
     with pytest.raises(UserError, match=in_model.CHOICE):
         in_model.excluded_workloads(tmp_path)
+
+
+def test_a_compile_past_the_timeout_is_a_failed_build_and_the_batch_goes_on(monkeypatch):
+    """LLVM stuck on one candidate: that candidate fails, the others build, and its late artifact is removed."""
+    import os
+    import threading
+
+    from tvm_shuffle.tuning import builder
+    from tvm_shuffle.tvm_compat import ms, tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def double(a: T.Buffer((8,), "float32"), b: T.Buffer((8,), "float32")):
+        for i in range(8):
+            b[i] = a[i] * T.float32(2)
+
+    stuck, late = threading.Event(), []
+    real_export = builder.export_candidate
+
+    def compile_candidate(mod, target):
+        if mod.same_as(inputs[0].mod):
+            stuck.wait(10)  # released once the batch has given up on it
+        return tvm.tirx.build(mod, target=target)
+
+    def export_candidate(rt_mod, compiler):
+        late.append(real_export(rt_mod, compiler))
+        return late[-1]
+
+    monkeypatch.setattr(builder, "compile_candidate", compile_candidate)
+    monkeypatch.setattr(builder, "export_candidate", export_candidate)
+    target = tvm.target.Target("llvm")
+    inputs = [ms.builder.BuilderInput(tvm.IRModule({"main": double.with_attr("global_symbol", "main")}), target)
+              for _ in range(3)]
+    build = builder.InProcessBuilder(threads=2, timeout_s=1.0)
+    results = build.build(inputs)
+    assert "ran past 1 s" in results[0].error_msg
+    assert all(r.error_msg is None and os.path.exists(r.artifact_path) for r in results[1:])
+    assert build.stats.abandoned == 1
+    built = len(late)
+    stuck.set()
+    deadline = time.time() + 10
+    while len(late) == built and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert len(late) == built + 1 and not os.path.exists(os.path.dirname(late[-1]))

@@ -100,7 +100,9 @@ def print_summary(outcome, spec, device, out: Path, before_ms: float | None, aft
     if outcome.builder.batches:
         print(f"builder: {outcome.builder.candidates} candidates in {outcome.builder.batches} batches, "
               f"{outcome.builder.seconds / outcome.builder.batches:.2f} s per batch "
-              f"({outcome.builder.seconds_per_candidate * 1e3:.0f} ms per candidate)")
+              f"({outcome.builder.seconds_per_candidate * 1e3:.0f} ms per candidate)"
+              + (f"; {outcome.builder.abandoned} compiles ran past the builder's timeout and count as failed"
+                 if outcome.builder.abandoned else ""))
     print(f"{'task':<48} {'calls':>5} {'best (us)':>10} {'trials':>6}")
     for task in outcome.tasks:
         best = f"{task.best_seconds * 1e6:10.1f}" if task.best_seconds is not None else f"{'-':>10}"

@@ -9,21 +9,29 @@ compiled by a few threads of this process (TVM's compiler runs in C++ and
 the linker is a subprocess, so threads overlap). Every candidate is linked
 into a shared library, with the target's cross-compiler when it has one, so a
 local runner and an RPC server on a board without a compiler both load it as is.
+
+A candidate whose compile runs past ``timeout_s`` is a failed build: LLVM
+took over 10 minutes on one MetaSchedule candidate of the stem convolution,
+and tuning waited on it. A thread cannot be stopped, so that compile is left
+to finish on a daemon thread (``BuildStats.abandoned``) while tuning goes on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 
 from tvm_shuffle.tvm_compat import cc, derived_object, ms
 
 ARTIFACT = "candidate.so"
+# Candidates compile in 0.1-2 s here; a minute means LLVM is stuck on a huge unrolled body.
+BUILD_TIMEOUT_S = 60.0
 
 # default_build calls tvm.driver.build, which warns on every call; set once,
 # because warnings.catch_warnings is not safe in the builder's threads.
@@ -37,6 +45,7 @@ class BuildStats:
     batches: int = 0
     candidates: int = 0
     seconds: float = 0.0
+    abandoned: int = 0  # compiles that ran past the timeout, left running on daemon threads
 
     @property
     def seconds_per_candidate(self) -> float:
@@ -64,6 +73,18 @@ def export_candidate(rt_mod, compiler: str | None) -> str:
     return path
 
 
+class _Batch:
+    """One call's candidates: a queue the threads take from, and the results they hand back."""
+
+    def __init__(self, build_inputs):
+        self.pending: queue.Queue = queue.Queue()
+        for item in enumerate(build_inputs):
+            self.pending.put(item)
+        self.done: queue.Queue = queue.Queue()
+        self.started: set[int] = set()
+        self.closed = threading.Event()
+
+
 @derived_object
 class InProcessBuilder(ms.builder.PyBuilder):
     """Compile and link each candidate with ``threads`` threads of this process.
@@ -73,20 +94,50 @@ class InProcessBuilder(ms.builder.PyBuilder):
     for MetaSchedule, as with the stock builder.
     """
 
-    def __init__(self, compiler: str | None = None, *, threads: int = 2):
+    def __init__(self, compiler: str | None = None, *, threads: int = 2, timeout_s: float = BUILD_TIMEOUT_S):
         super().__init__()
         self.compiler = compiler
         self.threads = max(1, threads)
+        self.timeout_s = timeout_s
         self.stats = BuildStats()
 
     def build(self, build_inputs):
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
-            results = list(pool.map(self._build_one, build_inputs))
+        batch = _Batch(build_inputs)
+        for _ in range(min(self.threads, len(build_inputs))):
+            threading.Thread(target=self._work, args=(batch,), daemon=True).start()
+        results = [None] * len(build_inputs)
+        for _ in build_inputs:
+            try:
+                index, result = batch.done.get(timeout=self.timeout_s)
+            except queue.Empty:
+                break
+            results[index] = result
+        batch.closed.set()
+        for index, result in enumerate(results):
+            if result is None:
+                stuck = index in batch.started
+                self.stats.abandoned += stuck
+                why = f"compile ran past {self.timeout_s:.0f} s; abandoned" if stuck else "not compiled: builder stuck"
+                results[index] = ms.builder.BuilderResult(None, f"InProcessBuilder: {why}")
         self.stats.batches += 1
         self.stats.candidates += len(build_inputs)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+    def _work(self, batch: "_Batch") -> None:
+        while not batch.closed.is_set():
+            try:
+                index, build_input = batch.pending.get_nowait()
+            except queue.Empty:
+                return
+            batch.started.add(index)
+            result = self._build_one(build_input)
+            if batch.closed.is_set():  # too late: nobody will measure or delete it
+                if result.artifact_path:
+                    shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
+                return
+            batch.done.put((index, result))
 
     def _build_one(self, build_input):
         try:
