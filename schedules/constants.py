@@ -39,11 +39,6 @@ class CPUConstants:
     def lanes(self, dtype_bits: int = 32) -> int:
         return self.vector_bits // dtype_bits
 
-    def padded_tile(self, vectors: int) -> tuple[int, int]:
-        """(output channels, vectors of pixels) per tile of a plane padded to ``vectors`` whole vectors."""
-        tile_vectors = max(v for v in range(1, min(vectors, self.padded_vectors) + 1) if vectors % v == 0)
-        return (self.wide_tile or self.accumulators) // tile_vectors, tile_vectors
-
 
 # Keyed by the first feature the target has, in order of preference.
 CPU_ISAS = (

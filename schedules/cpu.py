@@ -200,8 +200,8 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
         sch.compute_inline(unpad)
     n, o, hw, *reduce = sch.get_loops(conv)
     channels, padded_pixels = iter_extents(sch, conv)[1:3]
-    oc_tile, vectors = const.padded_tile(padded_pixels // lanes)
-    oc_tile = min(channels, oc_tile)
+    vectors = _largest_divisor(padded_pixels // lanes, const.padded_vectors)
+    oc_tile = min(channels, (const.wide_tile or const.accumulators) // vectors)
     hw_out, hw_in = sch.split(hw, [None, lanes * vectors])
     o_out, o_in = sch.split(o, [None, oc_tile])
     sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)
