@@ -15,7 +15,10 @@ channels x 4 vectors (28 accumulators) ran 1.4-1.5x faster than 8 channels x
 1 vector, and beat 5x4, 10x2 and 14x2 (2 threads, Xeon, AVX-512). The
 stem's 3x3 convolution (3 input channels) is the same case: all 24 output
 channels x 1 vector ran 1.6x faster than 12 x 1 (370 -> 227 us), and than
-8 x 2 (297).
+8 x 2 (297). Depthwise rows of 7, 14 and 28 floats are no whole number of
+registers: LLVM builds each such vector from three loads and two inserts
+and leaves its spare lanes undefined, so on AVX-512 the rows are computed
+rounded up to ``row_multiple`` columns (8: one 256-bit register).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class CPUConstants:
     padded_vectors: int = 1  # at most this many vectors of pixels per tile of a padded plane
     wide_tile: int = 0  # accumulators of a tile whose loop only loads whole vectors (a padded plane, the stem)
     dense_vectors: int = 12  # vectors of columns a classifier row piece keeps in registers
+    row_multiple: int = 1  # depthwise output rows are computed rounded up to this many columns
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
 
     def lanes(self, dtype_bits: int = 32) -> int:
@@ -43,7 +47,7 @@ class CPUConstants:
 # Keyed by the first feature the target has, in order of preference.
 CPU_ISAS = (
     ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2, padded_vectors=4,
-                               wide_tile=28, dense_vectors=28)),
+                               wide_tile=28, dense_vectors=28, row_multiple=8)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
     ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28)),
 )

@@ -316,6 +316,13 @@ def _pixel_tile(pixels: int, lanes: int, vectors: int) -> int:
     return max(t for t in range(1, lanes + 1) if pixels % t == 0)
 
 
+def _row_tile(width: int, lanes: int) -> int:
+    """Columns per vector of a row: as :func:`_pixel_tile`, but a power of two (a smaller register) before a partial vector."""
+    tile = _pixel_tile(width, lanes, 1)
+    halves = [t for t in (lanes // 2, lanes // 4) if t > 1 and width % t == 0]
+    return halves[0] if tile % lanes and halves else tile
+
+
 def _largest_divisor(extent: int, limit: int) -> int:
     return max(t for t in range(1, min(extent, limit) + 1) if extent % t == 0)
 
@@ -406,7 +413,7 @@ class Pool2d(dlight.ScheduleRule):
             extents = iter_extents(sch, pool)
             const = cpu_constants(target)
             n, c, y, x, *window = sch.get_loops(pool)
-            x_out, x_in = sch.split(x, [None, _pixel_tile(extents[3], const.lanes(), 1)])
+            x_out, x_in = sch.split(x, [None, _row_tile(extents[3], const.lanes())])
             sch.reorder(n, c, y, x_out, *window, x_in)
             outer = sch.fuse(n, c)
             for loop in window:

@@ -28,6 +28,9 @@ from tvm_shuffle.tvm_compat import te, tir
 GATHERED_CONV = "conv2d_gathered"
 GATHERED_PAD = "gathered_pad"
 GATHERED_INPUT = "gathered_input"
+DEPTHWISE_CONV = "conv2d_depthwise"
+# The valid columns of rows computed wider than the output (``row_multiple``).
+ROW_CROP = "conv2d_crop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +65,21 @@ def _plane(sources, run, n, j, h, w):
 
 
 def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, strides: Sequence[int],
-                    padding: Sequence[int], dilation: Sequence[int], groups: int, out_dtype: str) -> te.Tensor:
+                    padding: Sequence[int], dilation: Sequence[int], groups: int, out_dtype: str,
+                    row_multiple: int = 1) -> te.Tensor:
     """NCHW/OIHW conv2d of the gathered input; ``tensors`` are the sources then the weight.
 
     The same arithmetic as Relax's legalized ``conv2d`` (``topi.nn.conv``), with
     the gather inlined into the input read (or into the padding stage, when
     there is padding), so no gathered copy of the input is ever stored whole
     once the kernel is scheduled.
+
+    ``row_multiple`` > 1 computes every output row rounded up to a multiple
+    of it, from a padding stage widened with zeros to match, and keeps the
+    real columns in a last stage: a row of 7, 14 or 28 floats is no whole
+    number of vector registers, and LLVM assembles such a vector from three
+    loads and two inserts, and leaves its spare lanes undefined (their
+    garbage can be denormal, which costs a microcode assist per operation).
     """
     *sources, weight = tensors
     batch, _, height, width = (int(d) for d in sources[0].shape)
@@ -79,13 +90,17 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     top, left, bottom, right = (int(p) for p in padding)
     out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
     out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    wide_w = -(-out_w // row_multiple) * row_multiple
+    # Columns the wide rows read; even, so a stride-2 schedule can store even and odd columns apart.
+    pad_w = max(width + left + right, (wide_w - 1) * sw + dw * (kw - 1) + 1)
+    pad_w += pad_w % 2 if wide_w > out_w else 0
     dtype = sources[0].dtype
 
     rc, ry, rx = (_reduce_axis(extent, name) for extent, name in ((in_per_group, "rc"), (kh, "ry"), (kw, "rx")))
     axes = [a for a in (rc, ry, rx) if a is not None]
     zero = _i64(0)
 
-    if any((top, left, bottom, right)):
+    if any((top, left, bottom, right)) or wide_w > out_w:
         # A separate padding stage, as topi has: a schedule can pad one plane
         # at a time into a small buffer and keep the bounds test out of its
         # vector loop.
@@ -93,8 +108,8 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
             inside = tir.all(h >= top, h < height + top, w >= left, w < width + left)
             return tir.if_then_else(inside, gather.read(sources, n, c, h - top, w - left), tir.const(0, dtype))
 
-        padded = te.compute(tuple(_i64(d) for d in (batch, in_per_group * groups, height + top + bottom,
-                                                    width + left + right)), pad, name=GATHERED_PAD)
+        padded = te.compute(tuple(_i64(d) for d in (batch, in_per_group * groups, height + top + bottom, pad_w)),
+                            pad, name=GATHERED_PAD)
 
         def read(n, c, iy, ix):
             return padded[n, c, iy, ix]
@@ -121,8 +136,19 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
         product = read(n, c, iy, ix).astype(out_dtype) * w.astype(out_dtype)
         return te.sum(product, axis=axes) if axes else product
 
-    shape = tuple(_i64(d) for d in (batch, out_channels, out_h, out_w))
-    return te.compute(shape, compute, name=GATHERED_CONV)
+    shape = tuple(_i64(d) for d in (batch, out_channels, out_h, wide_w))
+    conv = te.compute(shape, compute, name=GATHERED_CONV)
+    if wide_w == out_w:
+        return conv
+    return te.compute(shape[:3] + (_i64(out_w),), lambda n, o, y, x: conv[n, o, y, x], name=ROW_CROP)
+
+
+def depthwise_conv2d(data: te.Tensor, weight: te.Tensor, *, strides: Sequence[int], padding: Sequence[int],
+                     dilation: Sequence[int], out_dtype: str, row_multiple: int) -> te.Tensor:
+    """A plain depthwise conv2d (NCHW/OIHW) with rows rounded up to ``row_multiple`` (see :func:`gathered_conv2d`)."""
+    channels = int(data.shape[1])
+    return gathered_conv2d(data, weight, gather=Segments(((0, channels, 0, 0),)), strides=strides, padding=padding,
+                           dilation=dilation, groups=channels, out_dtype=out_dtype, row_multiple=row_multiple)
 
 
 def _i64(value: int):

@@ -18,7 +18,8 @@ import torch
 
 from tvm_shuffle import build, frontends, models, passes, targets
 from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
-from tvm_shuffle.schedules.analysis import conv_shape
+from tvm_shuffle.schedules import cpu
+from tvm_shuffle.schedules.analysis import child_blocks, conv_shape
 from tvm_shuffle.schedules.constants import GPU, GPUConstants, cpu_constants
 from tvm_shuffle.schedules.gpu import DirectConv, channels_per_thread
 from tvm_shuffle.tvm_compat import Schedule, Trace, ms, relax, tvm
@@ -434,6 +435,8 @@ def test_channel_tiles_need_not_divide_the_output_channels():
     (1, 3, 1, True, 7),  # grouped on an odd plane: not an einsum, so scheduled unpadded
     (3, C, 1, True, 6),  # depthwise
     (3, C, 2, True, 8),  # depthwise stride 2: de-interleaved columns
+    (3, C, 1, True, 14),  # depthwise rows of 14 computed as 16 (AVX-512)
+    (3, C, 2, True, 14),  # depthwise stride 2 rows of 7 computed as 8
     (3, 1, 2, True, 8),  # dense 3x3 stride 2, like the stem
 ])
 def test_default_schedules_compute_the_convolution(kernel, groups, stride, bias, size):
@@ -444,6 +447,31 @@ def test_default_schedules_compute_the_convolution(kernel, groups, stride, bias,
     assert kernels and all(default_schedule(f, X86.tvm_target()) is not None for _, f in kernels)
     x = _input((N, C, size, size))
     assert_matches_unscheduled(mod, x)
+
+
+@pytest.mark.parametrize("size, stride, wide", [(14, 1, 16), (14, 2, 8), (16, 1, None), (8, 2, 8)])
+def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide):
+    """Output rows of 14 and 7 become 16 and 8 columns on AVX-512; rows that already fill registers stay."""
+    mod = _graph(lambda bb, x: bb.emit(_conv(x, C, kernel=3, groups=C, stride=stride)), (N, C, size, size))
+    widened = passes.pad_depthwise_rows(mod, 8)
+    assert passes.op_histogram(widened)["relax.nn.conv2d"] == (1 if wide is None else 0)
+    assert passes.pad_depthwise_rows(mod, 1) is mod
+    (func,) = [f for name, f in build.lower(mod, X86).functions.items() if "conv2d" in name.name_hint]
+    rows = _row_lengths(func)
+    assert (wide in rows) if wide else max(rows) == size + 2  # the padded input is the widest
+    assert_matches_unscheduled(mod, _input((N, C, size, size)))
+
+
+def _row_lengths(func) -> set[int]:
+    """The last dimension of every buffer a block of ``func`` reads or writes."""
+    sch = Schedule(func)
+    regions = [r for block in child_blocks(sch) for r in (*sch.get(block).reads, *sch.get(block).writes)]
+    return {int(r.source.shape[-1]) for r in regions}
+
+
+@pytest.mark.parametrize("width, lanes, tile", [(56, 16, 8), (112, 16, 16), (14, 16, 14), (28, 8, 4), (7, 4, 1)])
+def test_pooled_rows_take_a_smaller_register_before_a_partial_one(width, lanes, tile):
+    assert cpu._row_tile(width, lanes) == tile
 
 
 def _is_1x1_weight(buffer) -> bool:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 
 import numpy as np
 
@@ -96,6 +97,55 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None) -> "tv
     elif report is not None:
         report_stock(mod, report)
     return mod
+
+
+def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule":
+    """Depthwise convolutions whose output rows are not a multiple of ``row_multiple`` compute wider rows.
+
+    A lowering step for CPUs (see ``kernels.gathered_conv2d``): the conv is
+    replaced by the same sums over rows rounded up, of which the kernel keeps
+    the real columns. ``row_multiple`` 1 leaves ``mod`` as it is.
+    """
+    if row_multiple <= 1:
+        return mod
+    from tvm_shuffle.schedules import kernels
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not _is_depthwise_nchw(call) or int(call.ty.shape.values[3]) % row_multiple == 0:
+                return call
+            attrs = call.attrs
+            dtype = str(attrs.out_dtype) if attrs.out_dtype else ""
+            compute = functools.partial(
+                kernels.depthwise_conv2d, strides=_ints(attrs.strides), padding=_ints(attrs.padding),
+                dilation=_ints(attrs.dilation), row_multiple=row_multiple,
+                out_dtype=dtype if dtype not in ("", "void") else call.args[0].ty.dtype)
+            return self.builder_.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
+
+    rewriter = Rewriter(mod)  # its builder starts from ``mod`` and collects the new kernels
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+def _is_depthwise_nchw(call) -> bool:
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+        return False
+    attrs = call.attrs
+    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout not in ("NCHW", ""):
+        return False
+    try:
+        data, weight, out = (tuple(int(d) for d in e.ty.shape.values) for e in (*call.args, call))
+    except (AttributeError, TypeError):  # a symbolic shape
+        return False
+    return int(attrs.groups) == data[1] == out[1] == weight[0] and weight[1] == 1
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
 
 
 def op_histogram(mod: "tvm.IRModule", func: str = "main") -> collections.Counter:
