@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--shuffle", choices=("fused", "stock"), default="fused")
     args = parser.parse_args(argv)
+    from tvm_shuffle import require_checkout
+
+    require_checkout(Path(__file__).resolve().parents[1])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
     import numpy as np

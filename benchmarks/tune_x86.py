@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="work/bench", help="tuning records (resumed if present)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
+    from tvm_shuffle import require_checkout
+
+    require_checkout(Path(__file__).resolve().parents[1])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before any TVM runtime is loaded
 
     import numpy as np

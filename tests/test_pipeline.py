@@ -209,3 +209,15 @@ def test_inference_imports_neither_torch_onnx_nor_the_compiler(tiny_module, tiny
     assert result.stdout.strip() == "[]"
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), torch_reference(tiny_module, tiny_input),
                                atol=ATOL, rtol=RTOL)
+
+
+def test_benchmarks_refuse_a_checkout_python_does_not_import(tmp_path):
+    """A benchmark in one clone must not measure another clone's installed code."""
+    import pathlib
+
+    import tvm_shuffle
+
+    here = pathlib.Path(tvm_shuffle.__file__).resolve().parents[1]
+    tvm_shuffle.require_checkout(here)
+    with pytest.raises(SystemExit, match=f"imports tvm_shuffle from {here}"):
+        tvm_shuffle.require_checkout(tmp_path)

@@ -6,3 +6,21 @@ passes) -> ``tune`` -> ``build`` (build and export) -> ``runtime`` (run) ->
 """
 
 __version__ = "0.1.0"
+
+
+def require_checkout(root) -> None:
+    """Exit with one line unless the imported tvm_shuffle (and its schedules) is the checkout at ``root``.
+
+    A benchmark run from one clone while ``pip install -e`` points at another
+    measures the other clone's code: it happened, and its numbers were wrong.
+    """
+    import pathlib
+    import sys
+
+    from tvm_shuffle import schedules
+
+    root = pathlib.Path(root).resolve()
+    imported = [pathlib.Path(m.__file__).resolve().parents[1] for m in (sys.modules[__name__], schedules)]
+    if any(path != root for path in imported):
+        sys.exit(f"error: this script is in {root} but Python imports tvm_shuffle from {imported[0]} and its "
+                 f"schedules from {imported[1]}; run `python -m pip install -e .` in {root}")

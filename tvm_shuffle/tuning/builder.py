@@ -14,15 +14,21 @@ A candidate whose compile runs past ``timeout_s`` is a failed build: LLVM
 took over 10 minutes on one MetaSchedule candidate of the stem convolution,
 and tuning waited on it. A thread cannot be stopped, so that compile is left
 to finish on a daemon thread (``BuildStats.abandoned``) while tuning goes on.
+At exit the process waits for such compiles: the C++ teardown that follows
+the interpreter's aborts the process under a thread still inside LLVM
+("terminate called without an active exception"), a crash after every
+record was saved, but a crash.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import queue
 import shutil
 import tempfile
+import sys
 import threading
 import time
 import warnings
@@ -36,6 +42,20 @@ BUILD_TIMEOUT_S = 60.0
 # default_build calls tvm.driver.build, which warns on every call; set once,
 # because warnings.catch_warnings is not safe in the builder's threads.
 warnings.filterwarnings("ignore", message="build is deprecated", category=DeprecationWarning)
+
+# Worker threads that were still compiling when their batch gave up on them.
+_ABANDONED: list[threading.Thread] = []
+
+
+@atexit.register
+def finish_abandoned_compiles() -> None:
+    """Wait for the compiles the builder gave up on, so none is inside LLVM when the process tears down."""
+    running = [thread for thread in _ABANDONED if thread.is_alive()]
+    if running:
+        print(f"waiting for {len(running)} compile(s) that ran past the tuning builder's timeout to finish",
+              file=sys.stderr)
+    for thread in running:
+        thread.join()
 
 
 @dataclasses.dataclass
@@ -104,8 +124,10 @@ class InProcessBuilder(ms.builder.PyBuilder):
     def build(self, build_inputs):
         start = time.perf_counter()
         batch = _Batch(build_inputs)
-        for _ in range(min(self.threads, len(build_inputs))):
-            threading.Thread(target=self._work, args=(batch,), daemon=True).start()
+        workers = [threading.Thread(target=self._work, args=(batch,), daemon=True)
+                   for _ in range(min(self.threads, len(build_inputs)))]
+        for worker in workers:
+            worker.start()
         results = [None] * len(build_inputs)
         for _ in build_inputs:
             try:
@@ -114,6 +136,8 @@ class InProcessBuilder(ms.builder.PyBuilder):
                 break
             results[index] = result
         batch.closed.set()
+        if None in results:
+            _ABANDONED.extend(worker for worker in workers if worker.is_alive())
         for index, result in enumerate(results):
             if result is None:
                 stuck = index in batch.started
