@@ -330,13 +330,9 @@ class _Rewriter:
         return relax.Call(call.op, [data, relax.const(w)], call.attrs, call.ty_args)
 
     def _emit_gathered(self, call, sources, gather, w):
-        attrs = call.attrs
-        dtype = str(attrs.out_dtype) if attrs.out_dtype else ""
         self.report.gathered += 1
-        compute = functools.partial(kernels.gathered_conv2d, gather=gather, strides=_ints(attrs.strides),
-                                    padding=_ints(attrs.padding), dilation=_ints(attrs.dilation),
-                                    groups=int(attrs.groups),
-                                    out_dtype=dtype if dtype not in ("", "void") else sources[0].ty.dtype)
+        compute = functools.partial(kernels.gathered_conv2d, gather=gather, groups=int(call.attrs.groups),
+                                    **conv_arguments(call.attrs, sources[0].ty.dtype))
         return self.bb.call_te(compute, *sources, relax.const(w), primfunc_name_hint=kernels.GATHERED_CONV)
 
     def _per_channel(self, var, call):
@@ -438,6 +434,13 @@ def _permute_constant(value: np.ndarray, plane: np.ndarray, rank: int) -> np.nda
 
 def _shape(expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape.values)
+
+
+def conv_arguments(attrs, data_dtype: str) -> dict:
+    """Keyword arguments of :mod:`.kernels`' convolutions from a Relax ``conv2d``'s attributes."""
+    dtype = str(attrs.out_dtype) if attrs.out_dtype else ""
+    return {"strides": _ints(attrs.strides), "padding": _ints(attrs.padding), "dilation": _ints(attrs.dilation),
+            "out_dtype": dtype if dtype not in ("", "void") else data_dtype}
 
 
 def _ints(values) -> tuple[int, ...]:

@@ -109,6 +109,7 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
     if row_multiple <= 1:
         return mod
     from tvm_shuffle.schedules import kernels
+    from tvm_shuffle.schedules.fuse import conv_arguments
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -116,12 +117,8 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
             call = self.visit_expr_post_order(call)
             if not _is_depthwise_nchw(call) or int(call.ty.shape.values[3]) % row_multiple == 0:
                 return call
-            attrs = call.attrs
-            dtype = str(attrs.out_dtype) if attrs.out_dtype else ""
-            compute = functools.partial(
-                kernels.depthwise_conv2d, strides=_ints(attrs.strides), padding=_ints(attrs.padding),
-                dilation=_ints(attrs.dilation), row_multiple=row_multiple,
-                out_dtype=dtype if dtype not in ("", "void") else call.args[0].ty.dtype)
+            compute = functools.partial(kernels.depthwise_conv2d, row_multiple=row_multiple,
+                                        **conv_arguments(call.attrs, call.args[0].ty.dtype))
             return self.builder_.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
 
     rewriter = Rewriter(mod)  # its builder starts from ``mod`` and collects the new kernels
@@ -142,10 +139,6 @@ def _is_depthwise_nchw(call) -> bool:
     except (AttributeError, TypeError):  # a symbolic shape
         return False
     return int(attrs.groups) == data[1] == out[1] == weight[0] and weight[1] == 1
-
-
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
 
 
 def op_histogram(mod: "tvm.IRModule", func: str = "main") -> collections.Counter:
