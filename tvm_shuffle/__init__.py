@@ -20,7 +20,7 @@ def require_checkout(root) -> None:
     from tvm_shuffle import schedules
 
     root = pathlib.Path(root).resolve()
-    imported = [pathlib.Path(m.__file__).resolve().parents[1] for m in (sys.modules[__name__], schedules)]
+    imported = [pathlib.Path(path).resolve().parents[1] for path in (__file__, schedules.__file__)]
     if any(path != root for path in imported):
         sys.exit(f"error: this script is in {root} but Python imports tvm_shuffle from {imported[0]} and its "
                  f"schedules from {imported[1]}; run `python -m pip install -e .` in {root}")

@@ -38,16 +38,16 @@ def tir_passes(spec: TargetSpec) -> list:
     """
     target = spec.tvm_target()
     cpu = tvm_compat.backend_pipeline(tvm_compat.make_target({"kind": "llvm"}))
-    return [*_cpu_graph_passes(spec), *cpu.library_dispatch_passes(target), *cpu.legalize_passes(target)]
+    return [*_cpu_graph_passes(spec, target), *cpu.library_dispatch_passes(target), *cpu.legalize_passes(target)]
 
 
-def _cpu_graph_passes(spec: TargetSpec) -> list:
+def _cpu_graph_passes(spec: TargetSpec, target) -> list:
     """Graph rewrites that depend on a CPU's vector width (none on GPUs)."""
     if spec.family not in schedules.CPU_FAMILIES:
         return []
     from tvm_shuffle.schedules.constants import cpu_constants
 
-    multiple = cpu_constants(spec.tvm_target()).row_multiple
+    multiple = cpu_constants(target).row_multiple
     return [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, multiple), opt_level=0,
                                       name="PadDepthwiseRows")]
 

@@ -27,8 +27,8 @@ import dataclasses
 import os
 import queue
 import shutil
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 import warnings
