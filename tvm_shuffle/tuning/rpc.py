@@ -3,7 +3,10 @@
 TVM's own tracker and server are the device farm::
 
     python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190          # any machine
-    python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4        # on each board
+    TVM_NUM_THREADS=4 python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi4   # on each board
+
+(TVM_NUM_THREADS: the board's cores. The server's kernels read it at every
+launch; without it they run on half the logical CPUs.)
 
 TVM's client waits forever for a device that never frees up and retries a
 refused connection for a minute; here every step has a deadline and ends in

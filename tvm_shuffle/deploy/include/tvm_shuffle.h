@@ -372,6 +372,8 @@ inline int default_threads() {
   return n > 0 ? n : physical_cores();
 }
 
+inline void export_thread_count(int threads) { setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1); }
+
 }  // namespace detail
 
 /*! \brief "1x3x224x224" */
@@ -481,6 +483,10 @@ class Model {
     load_runtime();
     load_library();
     threads_ = threads > 0 ? threads : detail::default_threads();
+    // Every parallel kernel launch reads TVM_NUM_THREADS; without it TVM counts
+    // the logical CPUs (a sysfs read per launch) and halves them, which on a
+    // 2-vCPU VM runs every kernel serially whatever the pool's size.
+    detail::export_thread_count(threads_);
     constexpr int kAffinityBig = 1;  // TVM's default mode: workers on the fastest cores
     tvm::ffi::Function::GetGlobalRequired("runtime.config_threadpool")(kAffinityBig, threads_);
   }
