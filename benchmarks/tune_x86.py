@@ -57,9 +57,11 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="work/bench", help="tuning records (resumed if present)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
-    from tvm_shuffle import require_checkout
+    from tvm_shuffle import checkout_revision, require_checkout
 
-    require_checkout(Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1]
+    require_checkout(root)
+    revision = checkout_revision(root)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before any TVM runtime is loaded
 
     import numpy as np
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
               f"{r['estimate_ms'] if r['estimate_ms'] is not None else '-'} |" for r in rows]
     header = (f"{args.model} {args.input_shape} fp32 batch 1, {args.threads} threads, {spec.target.get('mcpu')}, "
               f"TVM {TVM_VERSION}, shuffle={args.shuffle}; medians of {args.rounds} interleaved rounds x "
-              f"{args.repeat} calls per engine" + (f"; {args.note}" if args.note else ""))
+              f"{args.repeat} calls per engine; tvm_shuffle {revision}" + (f"; {args.note}" if args.note else ""))
     print("\n" + header + "\n\n" + "\n".join(table))
 
     RESULTS.mkdir(exist_ok=True)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     (RESULTS / f"{stem}.json").write_text(json.dumps({
         "model": args.model, "input_shape": args.input_shape, "threads": args.threads, "repeat": args.repeat,
         "rounds": args.rounds, "shuffle": args.shuffle, "target": spec.target, "tvm": TVM_VERSION,
-        "machine": platform.node(), "note": args.note,
+        "revision": revision, "machine": platform.node(), "note": args.note,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "rows": rows},
         indent=2) + "\n")
     print(f"\nwritten: {RESULTS / stem}.md / .json")

@@ -13,7 +13,8 @@ function; the transformation follows; tile sizes come from
   ``vectors_per_tile`` vectors of pixels accumulate in registers while the
   input channels stream past; a gathered input is assembled one pixel tile
   at a time, and a plane that no whole vector divides (7x7) is padded to
-  whole vectors. Depthwise and other convolutions vectorize along the output
+  whole vectors. The weights are packed, once at build time, so that a
+  tile's weights are one sequential stream. Depthwise and other convolutions vectorize along the output
   row; a depthwise one pads one channel plane at a time into a small buffer
   so the padding test leaves the vector loop, and a stride-2 one stores that
   plane's even and odd columns apart so its windows are contiguous.
@@ -32,6 +33,8 @@ from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
 MIN_PARALLEL_WORK = 4096
 # Blocks of weight rows the classifier's reduction is cut into: one per thread up to 4.
 DENSE_SLICES = 4
+# A block marked so is a weight layout transform, which the build runs once on the constant weights.
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 
 def _is_cpu(target) -> bool:
@@ -162,6 +165,39 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     _parallel(sch, outer, extents[1] * pixels, const)
     # Last: the init block must not stop vectorize/unroll above (they need a complete reduction block).
     sch.decompose_reduction(conv, reduce[0])
+    _pack_weights(sch, conv, oc_tile)
+
+
+def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
+    """Store a 1x1 convolution's weights the way its tiles read them: ``oc_tile`` output channels side by side.
+
+    A tile reads ``W[o, k]`` for its ``oc_tile`` channels at every input
+    channel ``k``: in OIHW that is ``oc_tile`` streams, each advancing 4 bytes
+    per step, which the hardware prefetcher follows poorly once the weights
+    are out of cache, as they are in the model (ShuffleNetV2 1.0x streams 9 MB
+    of weights through 2 MB of L2 per inference). Packed as ``[O / oc_tile,
+    K, 1, 1, oc_tile]`` (zero-padded), a tile's weights are one sequential
+    stream. The packing is a layout-rewrite preprocessing block, which
+    :func:`tvm_shuffle.build.build` splits out and folds into the constant
+    weights (``SplitLayoutRewritePreproc``, ``FoldConstant``): it runs once,
+    at build time. With cold weights a 232-channel 7x7 convolution took 100
+    us instead of 155 (one thread); in the model, ShuffleNetV2 1.0x went from
+    4.99 to 4.50 ms (2 threads, AVX-512).
+    """
+    out_channels = iter_extents(sch, conv)[1]
+    params = list(sch.mod["main"].params)
+    for index, read in enumerate(sch.get(conv).reads):
+        buffer = read.source
+        shape = [int(d) for d in buffer.shape]
+        if len(shape) == 4 and shape[0] == out_channels and shape[2:] == [1, 1] \
+                and any(param.same_as(buffer) for param in params):
+            break
+    else:
+        return
+    packed = sch.cache_read(conv, index, "global")
+    sch.transform_layout(packed, ("write", 0), lambda o, k, h, w: (o // oc_tile, k, h, w, o % oc_tile),
+                         pad_value=0.0)
+    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
 
 def _pads_plane(pixels: int, lanes: int) -> bool:
@@ -216,6 +252,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     sch.reverse_compute_at(epilogue, outer)
     _parallel(sch, outer, channels * padded_pixels, const)
     sch.decompose_reduction(conv, reduce[0])
+    _pack_weights(sch, conv, oc_tile)
 
 
 def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: bool, pads: list) -> None:

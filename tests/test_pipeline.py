@@ -221,3 +221,17 @@ def test_benchmarks_refuse_a_checkout_python_does_not_import(tmp_path):
     tvm_shuffle.require_checkout(here)
     with pytest.raises(SystemExit, match=f"imports tvm_shuffle from {here}"):
         tvm_shuffle.require_checkout(tmp_path)
+
+
+def test_benchmarks_record_the_revision_they_measured(tmp_path):
+    import pathlib
+    import subprocess
+
+    import tvm_shuffle
+
+    here = pathlib.Path(tvm_shuffle.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert head.stdout.strip()[:7] in tvm_shuffle.checkout_revision(here)
+    assert tvm_shuffle.checkout_revision(tmp_path) == "unknown"

@@ -22,6 +22,7 @@ from tvm_shuffle.schedules import cpu
 from tvm_shuffle.schedules.analysis import child_blocks, conv_shape
 from tvm_shuffle.schedules.constants import GPU, GPUConstants, cpu_constants
 from tvm_shuffle.schedules.gpu import DirectConv, channels_per_thread
+from tvm_shuffle.tuning.builder import compile_candidate
 from tvm_shuffle.tvm_compat import Schedule, Trace, ms, relax, tvm
 
 ATOL = RTOL = 1e-4
@@ -401,6 +402,9 @@ def test_default_schedules_seed_a_tuning_database(graph, size):
     seeded = 0
     for task in ms.relax_integration.extract_tasks(build.lower(mod, X86), target):
         for candidate in default_candidates(task.dispatched[0], target):
+            # measurable as MetaSchedule measures it: compiled by its builder, called on arguments made from args_info
+            kernel = compile_candidate(candidate.sch.mod, target)
+            kernel["main"](*[tvm.runtime.tensor(np.zeros([int(d) for d in a.shape], a.dtype)) for a in candidate.args_info])
             workload = database.commit_workload(task.dispatched[0])
             database.commit_tuning_record(ms.database.TuningRecord(candidate.sch.trace, workload, [1e-3], target,
                                                                    candidate.args_info))
@@ -490,6 +494,31 @@ def test_odd_planes_run_padded_to_whole_vectors():
         assert "pad_einsum" in str(default_schedule(func, avx512).trace), name
     x = _input((N, C, 7, 7))
     assert_matches_unscheduled(mod, x)
+
+
+@pytest.mark.parametrize("size", [14, 7])
+def test_pointwise_weights_are_packed_once_at_build_time(size):
+    """Each 1x1 conv reads its weights as tiles of output channels side by side ([O/t, K, 1, 1, t]).
+
+    The packing is a preprocessing block of the schedule; the build runs it on
+    the constant weights, so the library holds packed weights and no kernel repacks them per call.
+    """
+    mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, size, size)))
+    avx512 = targets.get("x86-avx512")
+    pointwise = [(name, f) for name, f in _conv_kernels(mod, avx512) if any(_is_1x1_weight(p) for p in f.params)]
+    assert any("gathered" in name for name, _ in pointwise) and any("gathered" not in name for name, _ in pointwise)
+    for name, func in pointwise:
+        sch = default_schedule(func, avx512.tvm_target())
+        packs = [b for b in child_blocks(sch) if cpu.LAYOUT_REWRITE_PREPROC in sch.get(b).annotations]
+        assert [len(sch.get(b).writes[0].source.shape) for b in packs] == [5], name
+    with avx512.tvm_target(), tvm.transform.PassContext(opt_level=3):
+        built = tvm.transform.Sequential([*build.tir_passes(avx512), *build.schedule_passes(avx512),
+                                          *build.weight_packing_passes()])(mod)
+    assert not [gv.name_hint for gv in built.get_global_vars() if "weight_prepack" in gv.name_hint]
+    packed_weights = [p for f in built.functions.values() if isinstance(f, tvm.tirx.PrimFunc) for p in f.params
+                      if len(getattr(p, "shape", ())) == 5]
+    assert len(packed_weights) == len(pointwise)
+    assert_matches_unscheduled(mod, _input((N, C, size, size)))
 
 
 @pytest.mark.parametrize("classes, features", [(1000, 1024), (10, 30)])

@@ -24,3 +24,15 @@ def require_checkout(root) -> None:
     if any(path != root for path in imported):
         sys.exit(f"error: this script is in {root} but Python imports tvm_shuffle from {imported[0]} and its "
                  f"schedules from {imported[1]}; run `python -m pip install -e .` in {root}")
+
+
+def checkout_revision(root) -> str:
+    """``git describe --always --dirty`` of the checkout at ``root``, for a benchmark's results ("unknown" outside git)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"

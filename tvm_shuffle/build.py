@@ -64,6 +64,18 @@ def schedule_passes(spec: TargetSpec, *, database=None) -> list:
     return passes_ + schedules.default_schedule_passes(spec)
 
 
+def weight_packing_passes() -> list:
+    """Run the schedules' weight layout transforms once, on the constant weights, instead of at every call.
+
+    A schedule that wants its weights in another layout marks the copy as a
+    layout-rewrite preprocessing block (``schedules.cpu._pack_weights``);
+    these passes make that block a function of its own, evaluate it on the
+    constants at build time and drop it.
+    """
+    return [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination()]
+
+
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":
     """Compile an optimized Relax module; ``database`` applies tuned schedules."""
     target = spec.tvm_target()
@@ -80,6 +92,7 @@ def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Exe
         pipeline = tvm.transform.Sequential([
             *tir_passes(spec),
             *schedule_passes(spec, database=database),
+            *weight_packing_passes(),
             *backend.dataflow_lower_passes(target),
             *backend.finalize_passes(target),
         ])
@@ -151,5 +164,5 @@ def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.Pat
     return library.parent
 
 
-__all__ = ["LIBRARY", "MANIFEST", "tir_passes", "lower", "schedule_passes", "build", "export", "manifest", "compile_imported",
+__all__ = ["LIBRARY", "MANIFEST", "tir_passes", "lower", "schedule_passes", "weight_packing_passes", "build", "export", "manifest", "compile_imported",
            "output_signature"]

@@ -35,6 +35,9 @@ COMPUTE = "compute"
 DATA_MOVEMENT = "data movement"
 RUNTIME = "VM runtime"  # allocation, shape checks, tuple building: the VM's own builtins
 DEFAULT_RUNS = 20
+# TVM's SplitLayoutRewritePreproc renames a kernel whose weight packing it splits off
+# (build.weight_packing_passes): "fused_conv2d4_add4_relu3" runs as "fused_conv2d4_add4_relu3_prepacked".
+PACKED_SUFFIX = "_prepacked"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +129,15 @@ def time_calls(library: str | Path, x: np.ndarray, *, runs: int = DEFAULT_RUNS) 
     return dict(times)
 
 
+def kernel_name(symbol: str) -> str:
+    """The lowered kernel's name for a symbol the library calls."""
+    return symbol.removesuffix(PACKED_SUFFIX)
+
+
 def hook_overhead(times: Mapping[str, Sequence[float]], costs: Mapping[str, KernelCost]) -> float:
     """Seconds the hook adds to every call: the median time of the VM's cheapest builtin (which does ~nothing)."""
-    builtins = [statistics.median(seconds) for symbol, seconds in times.items() if symbol not in costs and seconds]
+    builtins = [statistics.median(seconds) for symbol, seconds in times.items()
+                if kernel_name(symbol) not in costs and seconds]
     return min(builtins, default=0.0)
 
 
@@ -148,6 +157,7 @@ def summarize(times: Mapping[str, Sequence[float]], costs: Mapping[str, KernelCo
     for symbol, seconds in times.items():
         calls = calls_per_run(seconds, runs)
         per_inference = max(0.0, statistics.median(seconds) - overhead) * calls * 1e6
+        symbol = kernel_name(symbol)
         cost = costs.get(symbol)
         if cost is None:
             runtime_us += per_inference
@@ -176,5 +186,5 @@ def profile(library: str | Path, lowered, x: np.ndarray, *, runs: int = DEFAULT_
 
 
 __all__ = ["KernelRow", "KernelCost", "DATA_MOVEMENT_OPS", "COMPUTE", "DATA_MOVEMENT", "RUNTIME", "classify",
-           "kernel_costs", "buffer_bytes", "time_calls", "calls_per_run", "hook_overhead", "summarize",
+           "kernel_costs", "kernel_name", "buffer_bytes", "time_calls", "calls_per_run", "hook_overhead", "summarize",
            "category_shares", "profile"]

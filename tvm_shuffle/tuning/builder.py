@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 
-from tvm_shuffle.tvm_compat import cc, derived_object, ms
+from tvm_shuffle.tvm_compat import cc, derived_object, ms, tvm
 
 ARTIFACT = "candidate.so"
 # Candidates compile in 0.1-2 s here; a minute means LLVM is stuck on a huge unrolled body.
@@ -73,9 +73,16 @@ class BuildStats:
 
 
 def compile_candidate(mod, target):
-    """The stock builder's compile step (``default_build``)."""
+    """The stock builder's compile step (``default_build``), weight-packing blocks kept.
+
+    ``default_build`` removes a block marked as a weight layout rewrite and
+    lets the kernel take packed weights, which needs the index map to be a
+    plain copy; our 1x1 schedules pack with zero padding (``schedules.cpu``),
+    so a candidate is compiled whole and measured with that copy in it (the
+    build does it once, on the constants).
+    """
     with target:  # CUDA device code needs the target's arch in scope
-        return ms.builder.local_builder.default_build(mod, target, None)
+        return tvm.compile(mod, target=target)
 
 
 def export_candidate(rt_mod, compiler: str | None) -> str:

@@ -57,7 +57,9 @@ def per_kernel_us(libraries: Sequence[str | Path], x: np.ndarray, *, rounds: int
     for _ in range(rounds):
         for library, acc in zip(libraries, samples):
             for symbol, seconds in profile.time_calls(library, x, runs=runs).items():
-                acc[symbol].append(statistics.median(seconds) * profile.calls_per_run(seconds, runs) * 1e6)
+                # by kernel: a default schedule's kernel may run under its weight-packed name
+                acc[profile.kernel_name(symbol)].append(
+                    statistics.median(seconds) * profile.calls_per_run(seconds, runs) * 1e6)
     return [{symbol: statistics.median(us) for symbol, us in acc.items()} for acc in samples]
 
 
