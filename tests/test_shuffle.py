@@ -23,7 +23,7 @@ from tvm_shuffle.schedules.analysis import child_blocks, conv_shape
 from tvm_shuffle.schedules.constants import GPU, GPUConstants, cpu_constants
 from tvm_shuffle.schedules.gpu import DirectConv, channels_per_thread
 from tvm_shuffle.tuning.builder import compile_candidate
-from tvm_shuffle.tvm_compat import Schedule, Trace, ms, relax, tvm
+from tvm_shuffle.tvm_compat import Constant, Schedule, Trace, ms, relax, tvm
 
 ATOL = RTOL = 1e-4
 X86 = targets.get("x86")
@@ -405,6 +405,8 @@ def test_default_schedules_seed_a_tuning_database(graph, size):
             # measurable as MetaSchedule measures it: compiled by its builder, called on arguments made from args_info
             kernel = compile_candidate(candidate.sch.mod, target)
             kernel["main"](*[tvm.runtime.tensor(np.zeros([int(d) for d in a.shape], a.dtype)) for a in candidate.args_info])
+            # MetaSchedule's feature extractor strips a weight packing block, which must be a plain copy for it
+            ms.arg_info.ArgInfo.from_entry_func(candidate.sch.mod, remove_preproc=True)
             workload = database.commit_workload(task.dispatched[0])
             database.commit_tuning_record(ms.database.TuningRecord(candidate.sch.trace, workload, [1e-3], target,
                                                                    candidate.args_info))
@@ -467,6 +469,13 @@ def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide):
     assert_matches_unscheduled(mod, _input((N, C, size, size)))
 
 
+def _packed_weights(func) -> list[tuple[np.ndarray, int]]:
+    """(5-D constant argument, output channels) of every kernel call in ``func``."""
+    calls = [b.value for block in func.body.blocks for b in block.bindings if isinstance(b.value, relax.Call)]
+    return [(a.value.numpy(), int(call.ty.shape.values[1])) for call in calls for arg in call.args
+            if isinstance(arg, relax.Tuple) for a in arg.fields if isinstance(a, Constant) and len(a.ty.shape) == 5]
+
+
 def _row_lengths(func) -> set[int]:
     """The last dimension of every buffer a block of ``func`` reads or writes."""
     sch = Schedule(func)
@@ -518,6 +527,12 @@ def test_pointwise_weights_are_packed_once_at_build_time(size):
     packed_weights = [p for f in built.functions.values() if isinstance(f, tvm.tirx.PrimFunc) for p in f.params
                       if len(getattr(p, "shape", ())) == 5]
     assert len(packed_weights) == len(pointwise)
+    # a last, partial tile's padding is zeros, not whatever the heap held (24 and 12 channels, tiles of 16 or 7)
+    weights = _packed_weights(built["main"])
+    assert len(weights) >= len(pointwise) and any(w.shape[0] * w.shape[4] > channels for w, channels in weights)
+    for w, channels in weights:
+        lanes = np.moveaxis(w, 4, 1).reshape(-1, *w.shape[1:4])  # [G * t, K, 1, 1], channel by channel
+        assert lanes[:channels].any() and not lanes[channels:].any()
     assert_matches_unscheduled(mod, _input((N, C, size, size)))
 
 

@@ -26,6 +26,8 @@ from tvm_shuffle import tvm_compat
 from tvm_shuffle.tvm_compat import TVM_VERSION, cc, relax, tvm
 
 LIBRARY = "model.so"
+# The name SplitLayoutRewritePreproc gives the packing it splits out of kernel X: "X_weight_prepack".
+WEIGHT_PACKING_SUFFIX = "_weight_prepack"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -72,8 +74,24 @@ def weight_packing_passes() -> list:
     these passes make that block a function of its own, evaluate it on the
     constants at build time and drop it.
     """
-    return [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
-            relax.transform.DeadCodeElimination()]
+    return [relax.transform.SplitLayoutRewritePreproc(),
+            tvm.transform.module_pass(lambda mod, _ctx: _zero_packing_padding(mod), opt_level=0,
+                                      name="ZeroPackingPadding"),
+            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+
+
+def _zero_packing_padding(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Split-out weight packings that also zero their padding, so the library's bytes do not depend on the heap."""
+    from tvm_shuffle.schedules.cpu import packed_weights
+
+    for gv, func in list(mod.functions.items()):
+        if gv.name_hint.endswith(WEIGHT_PACKING_SUFFIX) and isinstance(func, tvm.tirx.PrimFunc):
+            replacement = packed_weights(func)
+            if replacement is not None:
+                # the split-out function's own attributes: no global symbol, so once folded it is dead code
+                replacement = replacement.without_attr("global_symbol")
+                mod.update_func(gv, replacement.with_attrs(func.attrs) if func.attrs else replacement)
+    return mod
 
 
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":
