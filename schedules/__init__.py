@@ -66,4 +66,6 @@ def default_candidates(task_mod, target) -> list:
     sch = default_schedule(func, target)
     if sch is None:
         return []
-    return [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(func))]
+    # The arguments as MetaSchedule's builder compiles the kernel: a 1x1
+    # schedule's weight-packing block removed, the kernel takes packed weights.
+    return [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))]

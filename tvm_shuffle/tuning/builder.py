@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 
-from tvm_shuffle.tvm_compat import cc, derived_object, ms, tvm
+from tvm_shuffle.tvm_compat import cc, derived_object, ms
 
 ARTIFACT = "candidate.so"
 # Candidates compile in 0.1-2 s here; a minute means LLVM is stuck on a huge unrolled body.
@@ -73,16 +73,14 @@ class BuildStats:
 
 
 def compile_candidate(mod, target):
-    """The stock builder's compile step (``default_build``), weight-packing blocks kept.
+    """The stock builder's compile step (``default_build``).
 
-    ``default_build`` removes a block marked as a weight layout rewrite and
-    lets the kernel take packed weights, which needs the index map to be a
-    plain copy; our 1x1 schedules pack with zero padding (``schedules.cpu``),
-    so a candidate is compiled whole and measured with that copy in it (the
-    build does it once, on the constants).
+    It drops a weight-packing block and lets the kernel take packed weights,
+    as the build does once on the constants: a default 1x1 schedule is
+    measured as it will run (the candidate's ``args_info`` has the packed shape).
     """
     with target:  # CUDA device code needs the target's arch in scope
-        return tvm.compile(mod, target=target)
+        return ms.builder.local_builder.default_build(mod, target, None)
 
 
 def export_candidate(rt_mod, compiler: str | None) -> str:
