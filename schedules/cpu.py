@@ -179,13 +179,13 @@ def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
     K, 1, 1, oc_tile]`` (zero-padded), a tile's weights are one sequential
     stream. The packing is a layout-rewrite preprocessing block, which
     :func:`tvm_shuffle.build.build` splits out and folds into the constant
-    weights (``SplitLayoutRewritePreproc``, ``FoldConstant``): it runs once,
-    at build time. The block copies the real channels only: MetaSchedule's
-    builder and feature extractor accept nothing but a plain copy there, so
-    the padding of a last, partial tile (never read: the tile skips those
-    channels) is zeroed by :func:`packed_weights` when the build folds it. With cold weights a 232-channel 7x7 convolution took 100
-    us instead of 155 (one thread); in the model, ShuffleNetV2 1.0x went from
-    4.99 to 4.50 ms (2 threads, AVX-512).
+    weights (``build.weight_packing_passes``): it runs once, at build time.
+    The block copies the real channels only: MetaSchedule's builder and
+    feature extractor accept nothing but a plain copy there. The padding of
+    a last, partial tile is never read (the tile skips those channels); the
+    build's packing (:func:`packed_weights`) zeroes it. With cold weights a
+    232-channel 7x7 convolution took 100 us instead of 155 (one thread); in
+    the model, ShuffleNetV2 1.0x went from 4.99 to 4.50 ms (2 threads, AVX-512).
     """
     out_channels = iter_extents(sch, conv)[1]
     params = list(sch.mod["main"].params)
@@ -203,31 +203,16 @@ def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
     sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
 
-def packed_weights(func):
-    """The weight packing of :func:`_pack_weights` as a PrimFunc that also zeroes the padding, or None.
+def packed_weights(weights, tile: int):
+    """OIHW 1x1 weights (numpy) in the layout :func:`_pack_weights` reads, the partial tile zero-padded; or None."""
+    import numpy as np
 
-    ``func`` is a packing function split out of a kernel (``[O, K, 1, 1] ->
-    [O / t, K, 1, 1, t]`` rounded up); anything else gives None.
-    """
-    if len(func.params) != 2:
+    if weights.ndim != 4 or weights.shape[2:] != (1, 1) or tile < 1:
         return None
-    source, packed = ([int(d) for d in getattr(p, "shape", ())] for p in func.params)
-    if len(source) != 4 or len(packed) != 5 or source[2:] != [1, 1] or packed[1:4] != source[1:]:
-        return None
-    tile = packed[4]
-    if packed[0] != -(-source[0] // tile):
-        return None
-    from tvm_shuffle.tvm_compat import te
-
-    weights = te.placeholder(source, func.params[0].dtype, name="weights")
-    out_channels = source[0]
-
-    def pack(g, k, h, w, j):
-        o = g * tile + j
-        return tir.if_then_else(o < out_channels, weights[tir.min(o, out_channels - 1), k, h, w],
-                                tir.const(0, weights.dtype))
-
-    return te.create_prim_func([weights, te.compute(packed, pack, name="packed_weights")])
+    out_channels = weights.shape[0]
+    padded = np.zeros((-(-out_channels // tile) * tile, *weights.shape[1:]), weights.dtype)
+    padded[:out_channels] = weights
+    return np.ascontiguousarray(np.moveaxis(padded.reshape(-1, tile, *weights.shape[1:]), 1, -1))
 
 
 def _pads_plane(pixels: int, lanes: int) -> bool:

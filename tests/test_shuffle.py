@@ -471,9 +471,13 @@ def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide):
 
 def _packed_weights(func) -> list[tuple[np.ndarray, int]]:
     """(5-D constant argument, output channels) of every kernel call in ``func``."""
-    calls = [b.value for block in func.body.blocks for b in block.bindings if isinstance(b.value, relax.Call)]
-    return [(a.value.numpy(), int(call.ty.shape.values[1])) for call in calls for arg in call.args
-            if isinstance(arg, relax.Tuple) for a in arg.fields if isinstance(a, Constant) and len(a.ty.shape) == 5]
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    bound = {b.var: b.value for b in bindings if isinstance(b.value, Constant)}  # a folded packing is bound to a var
+    calls = [b.value for b in bindings if isinstance(b.value, relax.Call)]
+    arguments = [(bound.get(a, a), call) for call in calls for arg in call.args if isinstance(arg, relax.Tuple)
+                 for a in arg.fields]
+    return [(a.value.numpy(), int(call.ty.shape.values[1])) for a, call in arguments
+            if isinstance(a, Constant) and len(a.ty.shape) == 5]
 
 
 def _row_lengths(func) -> set[int]:
