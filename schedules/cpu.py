@@ -14,8 +14,9 @@ function; the transformation follows; tile sizes come from
   input channels stream past; a gathered input is assembled one pixel tile
   at a time, and a plane that no whole vector divides (7x7) is padded to
   whole vectors. The weights are packed, once at build time, so that a
-  tile's weights are one sequential stream. Depthwise and other convolutions vectorize along the output
-  row; a depthwise one pads one channel plane at a time into a small buffer
+  tile's weights are one sequential stream. Depthwise and other
+  convolutions vectorize along the output row; a depthwise one pads one
+  channel plane at a time into a small buffer
   so the padding test leaves the vector loop, and a stride-2 one stores that
   plane's even and odd columns apart so its windows are contiguous.
 * :class:`Pool2d`: a windowed pooling (the stem's max-pool), one padded

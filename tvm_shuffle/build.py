@@ -93,23 +93,16 @@ def _fold_weight_packing(mod: "tvm.IRModule") -> "tvm.IRModule":
         return mod
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
-    @relax.expr_functor.mutator
-    class Fold(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not (call.op.same_as(call_tir) and call.args[0].name_hint in packings
-                    and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 1
-                    and isinstance(call.args[1].fields[0], tvm_compat.Constant)):
-                return call
-            shape = tuple(int(d) for d in call.ty.shape.values)
-            packed = packed_weights(call.args[1].fields[0].value.numpy(), shape[-1])
-            return relax.const(packed) if packed is not None and packed.shape == shape else call
+    def fold(call, _builder):
+        if not (call.op.same_as(call_tir) and call.args[0].name_hint in packings
+                and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 1
+                and isinstance(call.args[1].fields[0], tvm_compat.Constant)):
+            return call
+        shape = tuple(int(d) for d in call.ty.shape.values)
+        packed = packed_weights(call.args[1].fields[0].value.numpy(), shape[-1])
+        return relax.const(packed) if packed is not None and packed.shape == shape else call
 
-    folder = Fold(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            folder.builder_.update_func(gv, folder.visit_expr(func))
-    return folder.builder_.get()
+    return passes.rewrite_calls(mod, fold)
 
 
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":

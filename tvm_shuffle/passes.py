@@ -111,17 +111,28 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
     from tvm_shuffle.schedules import kernels
     from tvm_shuffle.schedules.fuse import conv_arguments
 
+    def widen(call, builder):
+        if not _is_depthwise_nchw(call) or int(call.ty.shape.values[3]) % row_multiple == 0:
+            return call
+        compute = functools.partial(kernels.depthwise_conv2d, row_multiple=row_multiple,
+                                    **conv_arguments(call.attrs, call.args[0].ty.dtype))
+        return builder.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
+
+    return rewrite_calls(mod, widen)
+
+
+def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
+    """``mod`` with every call in its Relax functions replaced by ``rewrite(call, builder)`` (the call itself to keep it).
+
+    Calls are rewritten innermost first; ``builder`` starts from ``mod`` and
+    collects any kernels ``rewrite`` adds.
+    """
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
         def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not _is_depthwise_nchw(call) or int(call.ty.shape.values[3]) % row_multiple == 0:
-                return call
-            compute = functools.partial(kernels.depthwise_conv2d, row_multiple=row_multiple,
-                                        **conv_arguments(call.attrs, call.args[0].ty.dtype))
-            return self.builder_.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
+            return rewrite(self.visit_expr_post_order(call), self.builder_)
 
-    rewriter = Rewriter(mod)  # its builder starts from ``mod`` and collects the new kernels
+    rewriter = Rewriter(mod)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
