@@ -33,6 +33,7 @@ import threading
 import time
 import warnings
 
+from tvm_shuffle import tvm_compat
 from tvm_shuffle.tvm_compat import cc, derived_object, ms
 
 ARTIFACT = "candidate.so"
@@ -79,6 +80,7 @@ def compile_candidate(mod, target):
     as the build does once on the constants: a default 1x1 schedule is
     measured as it will run (the candidate's ``args_info`` has the packed shape).
     """
+    tvm_compat.import_tensor_intrinsics()  # default_build imports them, minutes with PyTorch loaded
     with target:  # CUDA device code needs the target's arch in scope
         return ms.builder.local_builder.default_build(mod, target, None)
 
