@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import zoo_at_full_size
 from tvm_shuffle import build, frontends, models, passes, targets
 from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
 from tvm_shuffle.schedules import cpu
@@ -652,20 +653,33 @@ def test_cuda_untuned_and_tuning_start_from_our_convolution_schedule():
 # Every zoo model
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(models.MODELS))
-def test_fused_zoo_model_matches_pytorch(name):
-    """Fused graph, default schedules, 1x3x32x32: equal to eager PyTorch with randomized BatchNorm."""
+def _fused_zoo_model(name: str, x: np.ndarray):
+    """(zoo model with randomized BatchNorm, its fused Relax graph for ``x``, the fusion report)."""
     torch.manual_seed(0)
     module = models.randomize_batchnorm(models.build_model(name), seed=1)
-    x = _input((1, 3, 32, 32))
-    with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
-    imported = frontends.from_torch_module(module, x.shape)
     report = FusionReport()
-    mod = fuse_shuffles(passes.optimize(imported.mod, shuffle="stock"), report)
+    mod = fuse_shuffles(passes.optimize(frontends.from_torch_module(module, x.shape).mod, shuffle="stock"), report)
+    return module, mod, report
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_every_shuffle_of_a_zoo_model_is_fused(name):
+    _module, _mod, report = _fused_zoo_model(name, _input((1, 3, 32, 32)))
     # v1 with one group has no shuffle; every other model has one per unit, all fused.
     spec = models.MODELS[name]
     assert len(report.shuffles) == (0 if spec.groups == 1 else 16 if spec.family == "v2" else 15)
     assert report.stock == {} and report.materialized == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in models.MODELS if name not in zoo_at_full_size()])
+def test_fused_zoo_model_matches_pytorch(name):
+    """Fused graph, default schedules, 1x3x32x32: equal to eager PyTorch with randomized BatchNorm.
+
+    The zoo models test_zoo builds at full size (fused: the CLI's default) are not built again here.
+    """
+    x = _input((1, 3, 32, 32))
+    module, mod, _report = _fused_zoo_model(name, x)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(run(mod, x), expected, atol=ATOL, rtol=RTOL)

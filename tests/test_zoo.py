@@ -1,4 +1,4 @@
-"""Every v2 width and every v1 group count, compiled through the CLI and checked against PyTorch eager.
+"""Every v2 width and every v1 group count (at 1.0x), compiled through the CLI and checked against PyTorch eager.
 
 BatchNorm statistics are randomized and passed with ``--weights``, so BN
 folding and weight loading are both on the path. Tolerance: atol 1e-3 and
@@ -12,19 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import zoo_at_full_size
 from tvm_shuffle import compile as compile_cli
 from tvm_shuffle import models, runtime
 
 ATOL = RTOL = 1e-3
 
 
-def _zoo_under_test() -> list[str]:
-    """All v2 widths; for v1 one width per group count (the 1.0x one, the paper's headline)."""
-    return [name for name, spec in models.MODELS.items() if spec.family == "v2" or spec.width == 1.0]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _zoo_under_test())
+@pytest.mark.parametrize("name", zoo_at_full_size())
 def test_zoo_model_matches_pytorch(name, tmp_path):
     torch.manual_seed(0)
     module = models.randomize_batchnorm(models.build_model(name), seed=1)
