@@ -184,7 +184,7 @@ def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
     The block copies the real channels only: MetaSchedule's builder and
     feature extractor accept nothing but a plain copy there. The padding of
     a last, partial tile is never read (the tile skips those channels); the
-    build's packing (:func:`packed_weights`) zeroes it. With cold weights a
+    build's packing (``build.run_copies``) zeroes it. With cold weights a
     232-channel 7x7 convolution took 100 us instead of 155 (one thread); in
     the model, ShuffleNetV2 1.0x went from 4.99 to 4.50 ms (2 threads, AVX-512).
     """
@@ -202,18 +202,6 @@ def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
     sch.transform_layout(packed, ("write", 0), lambda o, k, h, w: (o // oc_tile, k, h, w, o % oc_tile),
                          assume_injective_transform=True)
     sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
-
-
-def packed_weights(weights, tile: int):
-    """OIHW 1x1 weights (numpy) in the layout :func:`_pack_weights` reads, the partial tile zero-padded; or None."""
-    import numpy as np
-
-    if weights.ndim != 4 or weights.shape[2:] != (1, 1) or tile < 1:
-        return None
-    out_channels = weights.shape[0]
-    padded = np.zeros((-(-out_channels // tile) * tile, *weights.shape[1:]), weights.dtype)
-    padded[:out_channels] = weights
-    return np.ascontiguousarray(np.moveaxis(padded.reshape(-1, tile, *weights.shape[1:]), 1, -1))
 
 
 def _pads_plane(pixels: int, lanes: int) -> bool:

@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from conftest import zoo_at_full_size
-from tvm_shuffle import build, frontends, models, passes, targets
+from tvm_shuffle import build, frontends, models, passes, targets, tvm_compat
 from tvm_shuffle.schedules import FusionReport, default_candidates, default_schedule, find_shuffles, fuse_shuffles
 from tvm_shuffle.schedules import cpu
 from tvm_shuffle.schedules.analysis import child_blocks, conv_shape
 from tvm_shuffle.schedules.constants import GPU, GPUConstants, cpu_constants
 from tvm_shuffle.schedules.gpu import DirectConv, channels_per_thread
+from tvm_shuffle.tuning import tasks
 from tvm_shuffle.tuning.builder import compile_candidate
 from tvm_shuffle.tvm_compat import Constant, Schedule, Trace, ms, relax, tvm
 
@@ -539,6 +540,42 @@ def test_pointwise_weights_are_packed_once_at_build_time(size):
         lanes = np.moveaxis(w, 4, 1).reshape(-1, *w.shape[1:4])  # [G * t, K, 1, 1], channel by channel
         assert lanes[:channels].any() and not lanes[channels:].any()
     assert_matches_unscheduled(mod, _input((N, C, size, size)))
+
+
+def _param_shapes(func) -> list[list[int]]:
+    return [[int(d) for d in p.shape] for p in func.params]
+
+
+def test_metaschedule_weight_layouts_are_packed_once_at_build_time():
+    """MetaSchedule's candidates store weights and bias the way their tiles read them, as ours do.
+
+    ``tir_passes`` marks a kernel's constant arguments layout-free, so its
+    ``RewriteLayout`` postprocessor adds packing blocks to a candidate; the
+    build runs them on the constants (29 output channels: tiles may pad).
+    """
+    mod = _graph(lambda bb, x: bb.emit(_conv(x, 29, relu=True)), (N, C, 8, 8))
+    target = tasks.tuning_target(X86, host_cores=2)
+    (task,) = [t for t in tasks.extract(build.lower(mod, X86), target) if "conv2d" in t.name]
+    tvm_compat.import_tensor_intrinsics()
+    context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                             search_strategy="replay-trace", rand_state=0, num_threads=1)
+    context.pre_tuning(max_trials=8, num_trials_per_iter=8, design_spaces=context.generate_design_space())
+    candidate = next(c for c in context.search_strategy.generate_measure_candidates()
+                     if any(cpu.LAYOUT_REWRITE_PREPROC in c.sch.get(b).annotations for b in child_blocks(c.sch)))
+    database = ms.database.MemoryDatabase()
+    database.commit_tuning_record(ms.database.TuningRecord(candidate.sch.trace, database.commit_workload(task.mod),
+                                                           [1e-3], target, candidate.args_info))
+    with target, tvm.transform.PassContext(opt_level=3), database:
+        built = tvm.transform.Sequential([*build.tir_passes(X86), *build.schedule_passes(X86, database=database),
+                                          *build.weight_packing_passes()])(mod)
+    assert not [gv.name_hint for gv in built.get_global_vars() if build.WEIGHT_PACKING_SUFFIX in gv.name_hint]
+    (kernel,) = [f for gv, f in built.functions.items() if gv.name_hint.startswith(task.name)]
+    assert _param_shapes(kernel) != _param_shapes(task.mod["main"])  # it takes the rewritten weights
+    x = _input((N, C, 8, 8))
+    tuned = relax.VirtualMachine(build.build(mod, X86, database=database), tvm.cpu())
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(tuned["main"](tvm.runtime.tensor(x)).numpy(),
+                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("classes, features", [(1000, 1024), (10, 30)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import operator
 import os
 import platform
 import sys
@@ -23,7 +24,8 @@ from tvm_shuffle.errors import UserError
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle import tvm_compat
-from tvm_shuffle.tvm_compat import TVM_VERSION, cc, relax, tvm
+from tvm_shuffle.schedules.analysis import child_blocks
+from tvm_shuffle.tvm_compat import TVM_VERSION, Schedule, cc, relax, tir, tvm
 
 LIBRARY = "model.so"
 # The name SplitLayoutRewritePreproc gives the packing it splits out of kernel X: "X_weight_prepack".
@@ -40,7 +42,8 @@ def tir_passes(spec: TargetSpec) -> list:
     """
     target = spec.tvm_target()
     cpu = tvm_compat.backend_pipeline(tvm_compat.make_target({"kind": "llvm"}))
-    return [*_cpu_graph_passes(spec, target), *cpu.library_dispatch_passes(target), *cpu.legalize_passes(target)]
+    return [*_cpu_graph_passes(spec, target), *cpu.library_dispatch_passes(target), *cpu.legalize_passes(target),
+            *_cpu_kernel_passes(spec)]
 
 
 def _cpu_graph_passes(spec: TargetSpec, target) -> list:
@@ -52,6 +55,22 @@ def _cpu_graph_passes(spec: TargetSpec, target) -> list:
     multiple = cpu_constants(target).row_multiple
     return [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, multiple), opt_level=0,
                                       name="PadDepthwiseRows")]
+
+
+def _cpu_kernel_passes(spec: TargetSpec) -> list:
+    """Mark each CPU kernel's constant arguments (weights, biases) as free to take any layout.
+
+    MetaSchedule's ``RewriteLayout`` postprocessor then stores them the way
+    its tiles read them, as our own 1x1 schedules do (``schedules.cpu._pack_weights``),
+    and the build packs them once (:func:`weight_packing_passes`). Without
+    it, MetaSchedule's candidates read OIHW weights and lose to our packed
+    defaults in the model, where the weights come from DRAM
+    (:func:`tvm_shuffle.passes.mark_layout_free_weights`).
+    """
+    if spec.family not in schedules.CPU_FAMILIES:
+        return []
+    return [tvm.transform.module_pass(lambda mod, _ctx: passes.mark_layout_free_weights(mod), opt_level=0,
+                                      name="MarkLayoutFreeWeights")]
 
 
 def lower(mod: "tvm.IRModule", spec: TargetSpec) -> "tvm.IRModule":
@@ -67,13 +86,15 @@ def schedule_passes(spec: TargetSpec, *, database=None) -> list:
 
 
 def weight_packing_passes() -> list:
-    """Run the schedules' weight layout transforms once, on the constant weights, instead of at every call.
+    """Run the kernels' weight layout rewrites once, on the constant weights, instead of at every call.
 
     A schedule that wants its weights in another layout marks the copy as a
-    layout-rewrite preprocessing block (``schedules.cpu._pack_weights``);
+    layout-rewrite preprocessing block: ours (``schedules.cpu._pack_weights``)
+    and MetaSchedule's ``RewriteLayout`` on the arguments
+    :func:`tvm_shuffle.passes.mark_layout_free_weights` marked.
     ``SplitLayoutRewritePreproc`` makes that block a function of its own,
     and :func:`_fold_weight_packing` replaces each call of it on a constant
-    with the packed constant. (``FoldConstant`` would do the same by
+    with the rewritten constant. (``FoldConstant`` would do the same by
     compiling every packing function with LLVM: 1.5-2.5 s more per build of
     ShuffleNetV2, and it leaves the padding of a partial tile to the heap.)
     """
@@ -85,9 +106,7 @@ def weight_packing_passes() -> list:
 
 def _fold_weight_packing(mod: "tvm.IRModule") -> "tvm.IRModule":
     """Calls of split-out weight packings on constants, replaced by the packed constants (numpy, zero padding)."""
-    from tvm_shuffle.schedules.cpu import packed_weights
-
-    packings = {gv.name_hint for gv, func in mod.functions.items()
+    packings = {gv.name_hint: func for gv, func in mod.functions.items()
                 if gv.name_hint.endswith(WEIGHT_PACKING_SUFFIX) and isinstance(func, tvm.tirx.PrimFunc)}
     if not packings:
         return mod
@@ -95,14 +114,69 @@ def _fold_weight_packing(mod: "tvm.IRModule") -> "tvm.IRModule":
 
     def fold(call, _builder):
         if not (call.op.same_as(call_tir) and call.args[0].name_hint in packings
-                and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 1
-                and isinstance(call.args[1].fields[0], tvm_compat.Constant)):
+                and isinstance(call.args[1], relax.Tuple)
+                and all(isinstance(arg, tvm_compat.Constant) for arg in call.args[1].fields)):
             return call
-        shape = tuple(int(d) for d in call.ty.shape.values)
-        packed = packed_weights(call.args[1].fields[0].value.numpy(), shape[-1])
-        return relax.const(packed) if packed is not None and packed.shape == shape else call
+        packed = run_copies(packings[call.args[0].name_hint], [arg.value.numpy() for arg in call.args[1].fields])
+        if packed is None:
+            return call
+        constants = [relax.const(array) for array in packed]
+        return relax.Tuple(constants) if isinstance(call.ty, tvm.ir.TupleType) else constants[0]
 
     return passes.rewrite_calls(mod, fold)
+
+
+def run_copies(func: "tvm.tirx.PrimFunc", inputs: list) -> list | None:
+    """A kernel of copy blocks (``out[g(v)] = in[f(v)]``, layout rewrites) evaluated in numpy, or None.
+
+    ``func`` takes its inputs, then its outputs (how ``SplitLayoutRewritePreproc``
+    writes it). What no block writes (the padding of a partial tile) is zero.
+    None when the kernel is anything else; the build then keeps the call.
+    """
+    import numpy as np
+
+    params = list(func.params)
+    sources, targets_ = params[:len(inputs)], params[len(inputs):]
+    outputs = [np.zeros([int(d) for d in buffer.shape], str(buffer.dtype)) for buffer in targets_]
+    sch = Schedule(func)
+    for block in (sch.get(b) for b in child_blocks(sch)):
+        store = block.body
+        if not (isinstance(store, tir.BufferStore) and isinstance(store.value, tvm_compat.TensorLoad)
+                and all(int(iv.dom.min) == 0 for iv in block.iter_vars)):
+            return None
+        source = _position(sources, store.value.source)
+        target = _position(targets_, store.buffer)
+        if source is None or target is None:
+            return None
+        domain = tuple(int(iv.dom.extent) for iv in block.iter_vars)
+        grid = dict(zip((iv.var for iv in block.iter_vars), np.indices(domain, sparse=True)))
+        try:
+            read = tuple(np.broadcast_to(_index(i, grid), domain) for i in store.value.indices)
+            write = tuple(np.broadcast_to(_index(i, grid), domain) for i in store.indices)
+            outputs[target][write] = inputs[source][read]
+        except (KeyError, IndexError, TypeError):  # an index we cannot evaluate, or one out of bounds
+            return None
+    return outputs
+
+
+def _position(buffers: list, buffer) -> int | None:
+    return next((i for i, candidate in enumerate(buffers) if candidate.same_as(buffer)), None)
+
+
+_INDEX_OPS = {tir.Add: operator.add, tir.Sub: operator.sub, tir.Mul: operator.mul,
+              tir.FloorDiv: operator.floordiv, tir.FloorMod: operator.mod}
+
+
+def _index(expr, grid: dict):
+    """An integer TIR index expression evaluated on numpy index grids (KeyError: an unknown variable)."""
+    if isinstance(expr, tir.IntImm):
+        return int(expr.value)
+    if isinstance(expr, tir.Var):
+        return grid[expr]
+    op = _INDEX_OPS.get(type(expr))
+    if op is None:
+        raise TypeError(f"not an index expression: {type(expr).__name__}")
+    return op(_index(expr.a, grid), _index(expr.b, grid))
 
 
 def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Executable":

@@ -139,6 +139,34 @@ def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
     return rewriter.builder_.get()
 
 
+def mark_layout_free_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Mark each kernel's arguments that are constants at every call as ``layout_free_buffers``.
+
+    MetaSchedule's ``RewriteLayout`` may then store them the way its tiles
+    read them. TVM's ``AttachAttrLayoutFreeBuffers`` does the same but
+    renames every kernel it marks (``mean`` becomes ``mean1``), and the names
+    are what profiles, reports and the tuning logs show.
+    """
+    from tvm_shuffle.tvm_compat import Constant
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    constant: dict = {}  # kernel -> argument positions constant at every call seen so far
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and isinstance(expr.args[1], relax.Tuple):
+            here = {i for i, arg in enumerate(expr.args[1].fields) if isinstance(arg, Constant)}
+            name = expr.args[0].name_hint
+            constant[name] = constant.get(name, here) & here
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    functions = {gv: func.with_attr("layout_free_buffers", sorted(constant[gv.name_hint]))
+                 if isinstance(func, tvm.tirx.PrimFunc) and constant.get(gv.name_hint) else func
+                 for gv, func in mod.functions.items()}
+    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def _is_depthwise_nchw(call) -> bool:
     if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
         return False

@@ -29,9 +29,10 @@ from tvm import tirx as tir
 
 VERIFIED_TVM = "0.27.0.post1"
 Constant = tvm.ir.expr.GenericConst  # relax.Constant before 0.27
+TensorLoad = tvm.ir.TensorLoad  # the class of tir.BufferLoad before 0.27 (its buffer is now ``.source``)
 TVM_VERSION = tvm.__version__
 
-__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Trace", "Constant", "derived_object",
+__all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Trace", "Constant", "TensorLoad", "derived_object",
            "from_onnx", "from_exported_program", "estimate_tir_flops", "make_target", "llvm_host_cpu",
            "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "TVM_VERSION", "VERIFIED_TVM"]
 
