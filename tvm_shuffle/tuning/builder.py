@@ -14,7 +14,8 @@ A candidate whose compile runs past ``timeout_s`` is a failed build: LLVM
 took over 10 minutes on one MetaSchedule candidate of the stem convolution,
 and tuning waited on it. A thread cannot be stopped, so that compile is left
 to finish on a daemon thread (``BuildStats.abandoned``) while tuning goes on.
-At exit the process waits for such compiles: the C++ teardown that follows
+A tuning run waits for such compiles before it returns, since what comes
+next is timed, and so does the process at exit: the C++ teardown that follows
 the interpreter's aborts the process under a thread still inside LLVM
 ("terminate called without an active exception"), a crash after every
 record was saved, but a crash.
