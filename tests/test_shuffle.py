@@ -3,7 +3,7 @@
 Structure: small Relax graphs in every form the frontends produce, checked by
 what :func:`find_shuffles` reports and by the operators left after
 :func:`fuse_shuffles`. Numerics: the fused graph against the stock one (and
-PyTorch eager for every zoo model, in the slow test), fp32 within atol=1e-4,
+PyTorch eager for the zoo models test_zoo does not build, in the slow test), fp32 within atol=1e-4,
 rtol=1e-4: fusion permutes weights and sums the same products, so results
 move by reassociation only (~1e-7 seen).
 """
