@@ -9,7 +9,8 @@ step times the tuned library (after the in-model check of
 pick (every kernel from the records), the untuned library and ONNX Runtime
 (same thread count, fp32, batch 1) in interleaved rounds, so the numbers of
 a row saw the same machine load: on a shared machine the ratios are what to
-read. Prints a Markdown table and writes it, with the raw numbers as JSON,
+read, and each round's ratio (its range shows how far the machine's load
+moved them). Prints a Markdown table and writes it, with the raw numbers as JSON,
 to ``benchmarks/results/`` under a name that records the setup.
 """
 
@@ -34,15 +35,27 @@ def parse_checkpoints(text: str) -> list[int]:
     return steps
 
 
-def interleaved_ms(runs: dict, x, *, rounds: int, repeat: int) -> dict[str, float]:
-    """Median milliseconds per engine over ``rounds`` rounds that each time every engine once."""
+def interleaved_ms(runs: dict, x, *, rounds: int, repeat: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median milliseconds per engine over ``rounds`` rounds that each time every engine once, and per round."""
     from tvm_shuffle import timing
 
     samples = {name: [] for name in runs}
+    per_round = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            samples[name] += timing.measure(lambda: run(x), warmup=5, repeat=repeat)
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+            times = timing.measure(lambda: run(x), warmup=5, repeat=repeat)
+            samples[name] += times
+            per_round[name].append(statistics.median(times) * 1e3)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}, per_round
+
+
+def round_ratios(per_round: dict[str, list[float]], engine: str, baseline: str) -> list[float]:
+    """``engine`` against ``baseline`` in each round: a round's engines saw the same machine load."""
+    return [round(a / b, 3) for a, b in zip(per_round[engine], per_round[baseline])]
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def main(argv=None) -> int:
@@ -94,26 +107,31 @@ def main(argv=None) -> int:
         out, _, kept = in_model.build_checked(imported, spec, outcome, scratch / f"tuned-{trials}",
                                               shuffle=args.shuffle, device=device, pick=scratch / f"pick-{trials}")
         tuned, pick = runtime.load(out), runtime.load(scratch / f"pick-{trials}")
-        ms_ = interleaved_ms({"tuned": lambda a: tuned(a), "pick": lambda a: pick(a), "untuned": lambda a: untuned(a),
-                              "onnxruntime": ort_run}, x, rounds=args.rounds, repeat=args.repeat)
+        ms_, per_round = interleaved_ms({"tuned": lambda a: tuned(a), "pick": lambda a: pick(a),
+                                         "untuned": lambda a: untuned(a), "onnxruntime": ort_run},
+                                        x, rounds=args.rounds, repeat=args.repeat)
         estimate = outcome.estimate_seconds
         rows.append({"trials": database.own_trials(outcome.directory), "tuning_s": round(tuning_s, 1),
                      **{f"{k}_ms": round(v, 3) for k, v in ms_.items()},
                      "estimate_ms": round(estimate * 1e3, 3) if estimate else None,
                      "tuned_vs_ort": round(ms_["tuned"] / ms_["onnxruntime"], 3),
+                     "tuned_vs_ort_rounds": round_ratios(per_round, "tuned", "onnxruntime"),
+                     "untuned_vs_ort_rounds": round_ratios(per_round, "untuned", "onnxruntime"),
                      "kept_default": [v.kernel for v in kept], "kernels": len(outcome.workloads)})
         print(f"after {rows[-1]['trials']} trials ({tuning_s / 60:.1f} min tuning): tuned {ms_['tuned']:.2f} ms "
               f"({len(kept)} of {len(outcome.workloads)} kernels kept their default schedule), MetaSchedule's pick "
               f"{ms_['pick']:.2f} ms, untuned {ms_['untuned']:.2f} ms, ONNX Runtime {ms_['onnxruntime']:.2f} ms "
-              f"-> tuned/ORT {rows[-1]['tuned_vs_ort']:.2f}", flush=True)
+              f"-> tuned/ORT {rows[-1]['tuned_vs_ort']:.2f} (rounds {_span(rows[-1]['tuned_vs_ort_rounds'])})", flush=True)
         if outcome.interrupted:
             break
 
     table = ["| trials | tuning (min) | tuned TVM (ms) | kernels kept default | MetaSchedule's pick (ms) "
-             "| untuned TVM (ms) | ONNX Runtime (ms) | tuned / ORT | MetaSchedule sum of kernels (ms) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| untuned TVM (ms) | ONNX Runtime (ms) | tuned / ORT | tuned / ORT per round "
+             "| untuned / ORT per round | MetaSchedule sum of kernels (ms) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['trials']} | {r['tuning_s'] / 60:.1f} | {r['tuned_ms']:.2f} | {len(r['kept_default'])}/{r['kernels']} "
               f"| {r['pick_ms']:.2f} | {r['untuned_ms']:.2f} | {r['onnxruntime_ms']:.2f} | {r['tuned_vs_ort']:.2f} | "
+              f"{_span(r['tuned_vs_ort_rounds'])} | {_span(r['untuned_vs_ort_rounds'])} | "
               f"{r['estimate_ms'] if r['estimate_ms'] is not None else '-'} |" for r in rows]
     header = (f"{args.model} {args.input_shape} fp32 batch 1, {args.threads} threads, {spec.target.get('mcpu')}, "
               f"TVM {TVM_VERSION}, shuffle={args.shuffle}; medians of {args.rounds} interleaved rounds x "
