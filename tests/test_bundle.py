@@ -206,12 +206,16 @@ def test_python_runtime_sizes_the_thread_pool(tiny_bundle, tiny_input, monkeypat
     np.testing.assert_array_equal(one(x)[0], runtime.load(tiny_bundle, threads=2)(x)[0])
 
 
-# A parallel loop of 64 iterations that records which thread ran each one.
+# A parallel loop of 64 iterations that records which thread ran each one; then the threads pinned to
+# fewer cores than the process may use.
 _THREAD_PROBE = """
-import os, sys
+import glob, os, sys
 import numpy as np
 from tvm_shuffle import runtime
 from tvm_shuffle.tvm_compat import Schedule, te, tir, tvm
+def allowed(status):
+    return next(line for line in open(status) if line.startswith("Cpus_allowed_list"))
+process = allowed("/proc/self/status")
 runtime.load(sys.argv[1], threads=2)
 ran_on = te.compute((64,), lambda i: tir.call_extern("uint64", "pthread_self"), name="ran_on")
 sch = Schedule(te.create_prim_func([ran_on]))
@@ -219,19 +223,23 @@ sch.parallel(sch.get_loops(sch.get_sblock("ran_on"))[0])
 ids = tvm.runtime.tensor(np.zeros(64, "uint64"))
 tvm.compile(sch.mod, target={"kind": "llvm"})["main"](ids)
 print("threads used:", len(set(ids.numpy().tolist())), "TVM_NUM_THREADS:", os.environ.get("TVM_NUM_THREADS"))
+print("pinned threads:", sum(allowed(task) != process for task in glob.glob("/proc/self/task/*/status")))
 """
 
 
-def test_python_runtime_runs_kernels_on_the_threads_it_reports(tiny_bundle, tmp_path):
+def test_python_runtime_runs_kernels_on_the_threads_it_reports_unpinned(tiny_bundle, tmp_path):
     # Without TVM_NUM_THREADS, TVM's launch counts half the logical CPUs on
     # every call, whatever the pool's size: on a 2-vCPU machine, one thread.
+    # Without TVM_BIND_THREADS=0, TVM pins its worker to one core.
     probe = tmp_path / "probe.py"
     probe.write_text(_THREAD_PROBE)
-    environment = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_BIND_THREADS")}
     done = subprocess.run([sys.executable, probe, tiny_bundle], capture_output=True, text=True, env=environment,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "threads used: 2 TVM_NUM_THREADS: 2" in done.stdout
+    assert "pinned threads: 0" in done.stdout
 
 
 def test_python_runtime_prefers_the_bundled_library(tiny_bundle):

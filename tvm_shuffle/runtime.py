@@ -11,8 +11,8 @@ Threads: one per physical core (or ``TVM_NUM_THREADS``, or ``load(...,
 threads=N)``). TVM's own default is half the logical CPUs on x86, because it
 assumes two hyper-threads per core; on a machine without hyper-threading
 (most cloud VMs, this project's CI) that leaves half the cores idle. The
-count is also put in ``TVM_NUM_THREADS``, which every kernel launch reads
-(:func:`export_thread_count`).
+count is also put in ``TVM_NUM_THREADS``, which every kernel launch reads,
+and the threads are not pinned to cores (:func:`export_thread_settings`).
 """
 
 from __future__ import annotations
@@ -107,16 +107,25 @@ def default_threads() -> int:
         return physical_cores()
 
 
-def export_thread_count(threads: int) -> None:
-    """Put ``threads`` in TVM_NUM_THREADS, where every parallel kernel launch looks for it.
+def export_thread_settings(threads: int) -> None:
+    """Put ``threads`` in TVM_NUM_THREADS and leave TVM's threads unpinned (TVM_BIND_THREADS=0, unless set).
 
     Sizing the pool is not enough: each launch asks TVM's ``MaxConcurrency()``,
     which reads TVM_NUM_THREADS and without it counts the logical CPUs (a
     sysfs read, ~4 us per launch) and halves them. On a 2-vCPU VM that is 1,
     and every kernel then runs serially on a pool of two: ShuffleNetV2 1.0x
     took 5.9-7.7 ms instead of 4.6.
+
+    TVM pins each worker thread to one core. When another process is busy on
+    that core, every kernel launch waits for the worker to get its core
+    back: with a busy loop (nice 10) on one of this machine's two vCPUs,
+    ShuffleNetV2 1.0x took 168 ms pinned and 11 ms unpinned (ONNX Runtime,
+    which does not pin: 6.6 -> 7.0 ms). On an idle machine pinning gained
+    nothing (0.80x ONNX Runtime pinned, 0.78x unpinned). Both variables are read when the pool is
+    configured, so this runs before :func:`set_tvm_threads`.
     """
     os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 def set_tvm_threads(get_function: Callable[[str], Callable], threads: int | None) -> int | str:
@@ -169,7 +178,7 @@ class Model:
         self._from_dlpack = tvm_ffi.from_dlpack
         # The pool is the process's: the last model loaded sets it for all.
         threads = threads or default_threads()
-        export_thread_count(threads)
+        export_thread_settings(threads)
         self.threads = set_tvm_threads(tvm_ffi.get_global_func, threads)
 
     @property
