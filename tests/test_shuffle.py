@@ -162,16 +162,17 @@ def stride2_unit():
     return _graph(body, (N, C, 8, 8))
 
 
-def run(mod, x: np.ndarray, spec=X86) -> np.ndarray:
-    vm = relax.VirtualMachine(build.build(mod, spec), tvm.cpu())
+def run(mod, x: np.ndarray, spec=X86, database=None) -> np.ndarray:
+    vm = relax.VirtualMachine(build.build(mod, spec, database=database), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x))
     return (out if hasattr(out, "numpy") else out[0]).numpy()
 
 
-def assert_matches_unscheduled(mod, x: np.ndarray) -> None:
-    """Our build (default schedules) against TVM's own unscheduled lowering of the same graph."""
+def assert_matches_unscheduled(mod, x: np.ndarray, database=None) -> None:
+    """Our build (default schedules, tuned ones from ``database``) against TVM's own unscheduled lowering."""
     unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x), unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(run(mod, x, database=database), unscheduled["main"](tvm.runtime.tensor(x)).numpy(),
+                               atol=ATOL, rtol=RTOL)
 
 
 def fused_and_report(mod):
@@ -571,11 +572,7 @@ def test_metaschedule_weight_layouts_are_packed_once_at_build_time():
     assert not [gv.name_hint for gv in built.get_global_vars() if build.WEIGHT_PACKING_SUFFIX in gv.name_hint]
     (kernel,) = [f for gv, f in built.functions.items() if gv.name_hint.startswith(task.name)]
     assert _param_shapes(kernel) != _param_shapes(task.mod["main"])  # it takes the rewritten weights
-    x = _input((N, C, 8, 8))
-    tuned = relax.VirtualMachine(build.build(mod, X86, database=database), tvm.cpu())
-    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(tuned["main"](tvm.runtime.tensor(x)).numpy(),
-                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(mod, _input((N, C, 8, 8)), database=database)
 
 
 @pytest.mark.parametrize("classes, features", [(1000, 1024), (10, 30)])
