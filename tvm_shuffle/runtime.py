@@ -121,8 +121,8 @@ def export_thread_settings(threads: int) -> None:
     back: with a busy loop (nice 10) on one of this machine's two vCPUs,
     ShuffleNetV2 1.0x took 168 ms pinned and 11 ms unpinned (ONNX Runtime,
     which does not pin: 6.6 -> 7.0 ms). On an idle machine pinning gained
-    nothing (0.80x ONNX Runtime pinned, 0.78x unpinned). Both variables are read when the pool is
-    configured, so this runs before :func:`set_tvm_threads`.
+    nothing (0.80x ONNX Runtime pinned, 0.78x unpinned). Both variables are
+    read when the pool is configured, so this runs before :func:`set_tvm_threads`.
     """
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
