@@ -53,19 +53,31 @@ def default_schedule(func, target):
 
 
 def default_candidates(task_mod, target) -> list:
-    """The default schedule of a tuning task as MetaSchedule measure candidates (empty if none).
+    """The default schedule of a tuning task, then its tile alternatives, as MetaSchedule measure candidates.
 
     A search strategy that measures these first puts them in the database,
     where the evolutionary search picks its initial population from, so
     tuning starts from the default schedules and the build keeps them
-    wherever tuning finds nothing faster.
+    wherever tuning finds nothing faster. The alternatives
+    (``cpu.tile_alternatives``) are tiles that win on other cores of the
+    same ISA. Empty when no rule of ours applies.
     """
+    import tvm_ffi
+
+    from tvm_shuffle.schedules import cpu
     from tvm_shuffle.tvm_compat import ms
 
     func = task_mod["main"]
     sch = default_schedule(func, target)
     if sch is None:
         return []
-    # The arguments as MetaSchedule's builder compiles the kernel: a 1x1
-    # schedule's weight-packing block removed, the kernel takes packed weights.
-    return [ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True))]
+    candidates, seen = [], set()
+    for sch in [sch, *cpu.tile_alternatives(func, target)]:
+        key = tvm_ffi.structural_hash(sch.mod)
+        if key not in seen:
+            seen.add(key)
+            # The arguments as MetaSchedule's builder compiles the kernel: a 1x1
+            # schedule's weight-packing block removed, the kernel takes packed weights.
+            candidates.append(ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod,
+                                                                                            remove_preproc=True)))
+    return candidates

@@ -7,17 +7,23 @@ registers, AVX2 16), leaving room for inputs, weights and the unrolled
 loop's temporaries; twice that when a tile is less than one vector wide (a
 7-pixel row). Measured on Zen 4: 16 full accumulators spilled in the
 gathered 1x1 convs (2x slower than 8), 8 half-empty ones left 20% on the
-table on 7x7 planes. A plane padded to whole vectors has no partial
-vector and no gather left in its loop, so its tile may take the whole
-padded plane (up to ``padded_vectors`` vectors) and more registers: on the
-7x7 planes of ShuffleNetV2 (49 pixels padded to 4 AVX-512 vectors), 7
-channels x 4 vectors (28 accumulators) ran 1.4-1.5x faster than 8 channels x
-1 vector, and beat 5x4, 10x2 and 14x2 (2 threads, Xeon, AVX-512). The
-stem's 3x3 convolution (3 input channels) is the same case: all 24 output
-channels x 1 vector ran 1.6x faster than 12 x 1 (370 -> 227 us), and than
-8 x 2 (297). Depthwise rows of 7, 14 and 28 floats are no whole number of
-registers: LLVM builds each such vector from three loads and two inserts
-and leaves its spare lanes undefined, so on AVX-512 the rows are computed
+table on 7x7 planes. A plane padded to whole vectors has no partial vector
+and no gather left in its loop, so its tile may span several vectors
+(``padded_tiles``). Which tile wins there depends on the core, not only on
+its ISA: on the 7x7 planes of ShuffleNetV2 (49 pixels padded to 4 AVX-512
+vectors) 7 channels x 4 vectors (28 accumulators) ran 1.4-1.5x faster than
+8x1 and beat 5x4, 10x2 and 14x2 on a Xeon, while on Zen 5 it took twice as
+long as 8x2 (464->1024 channels: 283 against 136 us; the model 1.37 against
+1.07 ms, 2 threads), and 4x4 and 8x1 came between. A tile of channels that
+does not divide 232, 464 or 1024 (7, 12, 16 channels) cost Zen 5 1.5-1.7x on
+those convolutions. So the first tile is the default and the others are
+tuning candidates: MetaSchedule measures them beside it on the machine at
+hand (``tile_alternatives`` in :mod:`.cpu`). The stem's 3x3 convolution (3
+input channels) also loads only whole vectors (``wide_tile``): all 24 output
+channels x 1 vector ran 1.6x faster than 12x1 (370 -> 227 us), and than 8x2
+(297). Depthwise rows of 7, 14 and 28 floats are no whole number of
+registers: LLVM builds each such vector from three loads and two inserts and
+leaves its spare lanes undefined, so on AVX-512 the rows are computed
 rounded up to ``row_multiple`` columns (8: one 256-bit register).
 """
 
@@ -34,8 +40,10 @@ class CPUConstants:
     vector_bits: int
     accumulators: int  # full vector registers kept for partial sums (output channels x pixel vectors)
     vectors_per_tile: int  # at most this many vectors of output pixels per tile
-    padded_vectors: int = 1  # at most this many vectors of pixels per tile of a padded plane
-    wide_tile: int = 0  # accumulators of a tile whose loop only loads whole vectors (a padded plane, the stem)
+    # (pixel vectors, output channels) per tile of a plane padded to whole vectors: the default
+    # first, then the alternatives tuning measures. Empty: one vector of ``accumulators`` channels.
+    padded_tiles: tuple[tuple[int, int], ...] = ()
+    wide_tile: int = 0  # accumulators of a tile whose loop only loads whole vectors (the stem)
     dense_vectors: int = 12  # vectors of columns a classifier row piece keeps in registers
     row_multiple: int = 1  # depthwise output rows are computed rounded up to this many columns
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
@@ -46,8 +54,9 @@ class CPUConstants:
 
 # Keyed by the first feature the target has, in order of preference.
 CPU_ISAS = (
-    ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2, padded_vectors=4,
-                               wide_tile=28, dense_vectors=28, row_multiple=8)),
+    ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2,
+                               padded_tiles=((2, 8), (4, 7), (1, 8)), wide_tile=28, dense_vectors=28,
+                               row_multiple=8)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
     ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28)),
 )

@@ -26,6 +26,8 @@ function; the transformation follows; tile sizes come from
 
 from __future__ import annotations
 
+import dataclasses
+
 from tvm_shuffle.schedules.analysis import DEBUG, child_blocks, conv_shape, inline_epilogue, is_reduction, iter_extents
 from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
 from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
@@ -57,6 +59,28 @@ class Conv2dNCHW(dlight.ScheduleRule):
                 if DEBUG and not pad_planes:
                     raise
         return None
+
+
+def tile_alternatives(func, target) -> list:
+    """``func`` scheduled with each of the ISA's other tiles of a padded plane (``CPUConstants.padded_tiles``).
+
+    Which of them runs fastest depends on the core (:mod:`.constants`), so
+    tuning measures them beside the default. A kernel without a padded plane
+    gets its default schedule again, once per alternative: the caller keeps
+    the distinct ones.
+    """
+    if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
+        return []
+    const = cpu_constants(target)
+    found = []
+    for tile in const.padded_tiles[1:]:
+        try:
+            sch = _schedule_conv(Schedule(func), dataclasses.replace(const, padded_tiles=(tile,)), pad_planes=True)
+        except Exception:  # as in Conv2dNCHW.apply: a shape the primitives refuse has no padded schedule
+            continue
+        if sch is not None:
+            found.append(sch)
+    return found
 
 
 def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
@@ -240,8 +264,9 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
         sch.compute_inline(unpad)
     n, o, hw, *reduce = sch.get_loops(conv)
     channels, padded_pixels = iter_extents(sch, conv)[1:3]
-    vectors = _largest_divisor(padded_pixels // lanes, const.padded_vectors)
-    oc_tile = min(channels, (const.wide_tile or const.accumulators) // vectors)
+    wanted_vectors, wanted_channels = const.padded_tiles[0] if const.padded_tiles else (1, const.accumulators)
+    vectors = _largest_divisor(padded_pixels // lanes, wanted_vectors)
+    oc_tile = min(channels, wanted_vectors * wanted_channels // vectors)
     hw_out, hw_in = sch.split(hw, [None, lanes * vectors])
     o_out, o_in = sch.split(o, [None, oc_tile])
     sch.reorder(n, o_out, hw_out, *reduce, o_in, hw_in)

@@ -420,6 +420,31 @@ def test_default_schedules_seed_a_tuning_database(graph, size):
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), run(graph(), x), atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("tile", range(len(cpu_constants(targets.get("x86-avx512").tvm_target()).padded_tiles)))
+def test_each_tile_of_a_padded_plane_is_a_tuning_candidate_that_computes_the_same(tile):
+    """On AVX-512 a 7x7 1x1 conv is seeded with one schedule per tile of ``padded_tiles``; each is correct."""
+    graph = v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, 7, 7))
+    spec = targets.get("x86-avx512")
+    target = spec.tvm_target()
+    tiles = cpu_constants(target).padded_tiles
+    database = ms.database.MemoryDatabase()
+    offered = []
+    for task in ms.relax_integration.extract_tasks(build.lower(graph, spec), target):
+        candidates = default_candidates(task.dispatched[0], target)
+        offered.append(len(candidates))
+        if not candidates:  # not a convolution: the build schedules it by itself
+            continue
+        chosen = candidates[tile] if len(candidates) == len(tiles) else candidates[0]
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(ms.database.TuningRecord(chosen.sch.trace, workload, [1e-3], target,
+                                                               chosen.args_info))
+    assert offered.count(len(tiles)) >= 2  # the stock and the gathered 1x1 convs of the padded planes
+    x = _input((N, C, 7, 7))
+    unscheduled = relax.VirtualMachine(tvm.compile(graph, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(graph, x, spec=spec, database=database),
+                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+
+
 @pytest.mark.parametrize("size", [8, 7])
 def test_max_pool_gets_a_default_schedule(size):
     """The stem's 3x3 stride-2 max-pool: scheduled, and equal to TVM's unscheduled lowering."""
