@@ -455,6 +455,21 @@ def test_max_pool_gets_a_default_schedule(size):
     assert_matches_unscheduled(mod, x)
 
 
+def test_average_pools_are_shared_out_among_threads():
+    """v1's 3x3 stride-2 shortcut pool and the global pool: parallel, and equal to TVM's unscheduled lowering."""
+    def pools(bb, x):
+        shortcut = bb.emit(relax.op.nn.avg_pool2d(x, 3, strides=2, padding=1))
+        return bb.emit(relax.op.mean(shortcut, axis=[2, 3]))
+
+    mod = _graph(pools, (N, C, 8, 8))
+    kernels = [f for name, f in build.lower(mod, X86).functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc) and ("pool" in name.name_hint or "mean" in name.name_hint)]
+    assert len(kernels) == 2
+    for func in kernels:
+        assert "T.parallel" in default_schedule(func, X86.tvm_target()).mod.script()
+    assert_matches_unscheduled(mod, _input((N, C, 8, 8)))
+
+
 def test_channel_tiles_need_not_divide_the_output_channels():
     """29 output channels (prime, like ShuffleNet's 58 = 2 x 29): the last tile of 8 is partly empty."""
     mod = _graph(lambda bb, x: bb.emit(_conv(x, 29, relu=True)), (N, C, 8, 8))
