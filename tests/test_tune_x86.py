@@ -231,3 +231,22 @@ def test_search_never_sends_a_candidate_twice(tiny_pt2, tmp_path):
         skipped.append(strategy.skipped)
     assert skipped[1] > 0  # the repeats were proposed again, and dropped
     assert measured_twice(tmp_path) == 0
+
+
+def test_search_goes_on_past_seeds_that_pack_their_weights(tmp_path):
+    """A 1x1 conv on a 7x7 plane whose channels the default tiles divide: the search replays the seeds and goes on.
+
+    Each seed (one per tile of ``padded_tiles``) packs its weights itself;
+    MetaSchedule's ``RewriteLayout``, run on them when the evolutionary search
+    picks its population from the database, failed an internal check that
+    stopped the whole tuning run (ShuffleNetV2 1.0x, 52 trials in).
+    """
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU()).eval()
+    model = tmp_path / "pointwise_7x7.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(1, 16, 7, 7),)), str(model))
+    budget = 3 + 8  # the seeds, then a batch of the search
+    assert tune(model, tmp_path / "work", tmp_path / "out", budget) == 0
+    (directory,) = {p.parent for p in (tmp_path / "work").rglob(database.RECORDS)}
+    assert database.own_trials(directory) == budget
+    out = runtime.load(tmp_path / "out")(np.ones((1, 16, 7, 7), "float32"))[0]
+    np.testing.assert_allclose(out, module(torch.ones(1, 16, 7, 7)).detach().numpy(), rtol=1e-4, atol=1e-5)

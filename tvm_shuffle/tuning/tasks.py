@@ -14,7 +14,7 @@ from typing import Sequence
 
 from tvm_shuffle import tvm_compat
 from tvm_shuffle.targets import TargetSpec
-from tvm_shuffle.tvm_compat import estimate_tir_flops, ms, tvm
+from tvm_shuffle.tvm_compat import derived_object, estimate_tir_flops, ms, tvm
 
 # Rough roofline weight of one byte moved against one FLOP on the CPUs we
 # target (tens of GFLOP/s vs. a few to tens of GB/s for these kernels), so
@@ -76,10 +76,56 @@ def contexts(tasks: Sequence[Task], target, loggers: Sequence[logging.Logger], s
     """One ``TuneContext`` per task with the default CPU/GPU design space and the given strategies."""
     tvm_compat.import_tensor_intrinsics()  # before TuneContext imports them, ~25x slower with PyTorch loaded
     seeds = ms.utils.fork_seed(seed, n=len(tasks))
-    return [ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+    return [ms.TuneContext(mod=task.mod, target=target, space_generator=_design_space(target),
                            search_strategy=strategy, task_name=task.name, logger=logger,
                            rand_state=rand_state, num_threads=threads)
             for task, logger, strategy, rand_state in zip(tasks, loggers, strategies, seeds)]
+
+
+def _design_space(target):
+    """MetaSchedule's default design space, with its ``RewriteLayout`` guarded (:class:`KeepPackedLayout`)."""
+    kind = "cuda" if target.kind.name == "cuda" else "llvm"
+    postprocs = [KeepPackedLayout(p) if isinstance(p, ms.postproc.RewriteLayout) else p
+                 for p in ms.postproc.Postproc.create(kind)]
+    return ms.space_generator.PostOrderApply(postprocs=postprocs)
+
+
+@derived_object
+class KeepPackedLayout(ms.postproc.PyPostproc):
+    """``RewriteLayout``, except on a schedule that already packs its weights (our 1x1 defaults).
+
+    Such a schedule reads its weights through a layout-rewrite block of its
+    own that changes their rank (``[O, K, 1, 1]`` to ``[O/t, K, 1, 1, t]``).
+    ``RewriteLayout`` takes that block for a cache read and applies the 5-D
+    layout it suggests to the block's 4-D input, which fails an internal
+    check that MetaSchedule does not catch: the evolutionary search, which
+    replays our measured defaults, then stopped the whole tuning run
+    (ShuffleNetV2 1.0x on Zen 5, where the 7x7 convolutions' tiles of 8
+    channels divide the weights evenly; with tiles that do not, the
+    suggestion is withheld and nothing failed). The packing is already the
+    one the schedule's tiles read, so there is nothing left to rewrite.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def apply(self, sch) -> bool:
+        if _packs_weights(sch):
+            return True
+        return self.inner.apply(sch)
+
+    def clone(self):
+        return KeepPackedLayout(self.inner.clone())
+
+
+def _packs_weights(sch) -> bool:
+    from tvm_shuffle.schedules.analysis import child_blocks
+    from tvm_shuffle.schedules.cpu import LAYOUT_REWRITE_PREPROC
+
+    return any(LAYOUT_REWRITE_PREPROC in sch.get(block).annotations for block in child_blocks(sch))
 
 
 def _buffer_bytes(mod: "tvm.IRModule") -> int:
