@@ -94,7 +94,7 @@ def test_every_engine_has_a_row_with_status_and_version(fast_report):
         row = rows[name]
         assert row["status"] == "ok", (name, row["reason"])
         assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
-        assert row["std_ms"] >= 0 and len(row["samples_ms"]) == 8
+        assert row["std_ms"] >= 0 and len(row["samples_ms"]) == 8 and len(row["rounds_ms"]) == 5
         assert re.search(r"\d", row["version"]), row["version"]
     assert rows["tvm_shuffle-tuned"]["details"]["trials"] == 2 * fast_report["kernels"]
     assert rows["tvm_shuffle-untuned"]["details"]["tvm_threads"] == fast_report["data"]["setup"]["threads"]
@@ -153,6 +153,10 @@ def test_markdown_has_every_row_and_number(fast_report):
             assert row["reason"] in text
     assert data["command"] in text
     assert data["machine"]["cpu"] in text and " ".join(data["machine"]["isa"]) in text
+    assert "5 interleaved rounds" in text
+    ok = [r for r in data["engines"] if r["status"] == "ok"]
+    low, high = data["speedup_ranges"][ok[0]["name"]][ok[1]["name"]]
+    assert f"({low:.2f}-{high:.2f})" in text
 
 
 def test_kernel_profile(fast_report):
@@ -196,7 +200,7 @@ def test_machine_and_setup_are_recorded(fast_report):
     assert m["physical_cores"] >= 1 and m["threads"] == data["setup"]["threads"] == m["physical_cores"]
     assert m["peaks"]["gflops"] > 0 and m["peaks"]["gbps"] > 0
     assert data["device"] == {"kind": "local", "arch": m["arch"], "emulated": False}
-    assert data["setup"]["repeat"] == 8 and data["setup"]["warmup"] == 2
+    assert data["setup"]["repeat"] == 8 and data["setup"]["warmup"] == 2 and data["setup"]["rounds"] == 5
     assert data["command"].startswith("python -m tvm_shuffle.report --model shufflenet_v2_x0_5")
 
 
@@ -318,14 +322,48 @@ def test_a_peer_that_cannot_run_the_model_says_why(tmp_path):
     workload = peers.Workload(name="m", imported=imported, spec=targets.get("x86"), threads=1, scratch=tmp_path,
                               work_dir=tmp_path)
     inputs = report.random_inputs((2, 3, 8, 8), "float32", 1)
-    row = report.measure_engine(peers.ENGINES["ncnn"], workload, inputs, None, warmup=0, repeat=1)
-    assert row["status"] == "unavailable" and "batch is 2" in row["reason"]
-    row = report.measure_engine(peers.ENGINES["pytorch"], workload, inputs, None, warmup=0, repeat=1)
-    assert row["status"] == "unavailable" and "came as an ONNX file" in row["reason"]
+    row, session = report.open_engine(peers.ENGINES["ncnn"], workload, inputs, None)
+    assert row["status"] == "unavailable" and "batch is 2" in row["reason"] and session is None
+    row, session = report.open_engine(peers.ENGINES["pytorch"], workload, inputs, None)
+    assert row["status"] == "unavailable" and "came as an ONNX file" in row["reason"] and session is None
 
 
 # ---------------------------------------------------------------------------
 # Pure pieces
+
+
+def test_round_sizes_split_the_runs_evenly():
+    assert report.round_sizes(50, 5) == [10] * 5
+    assert report.round_sizes(8, 5) == [2, 2, 2, 1, 1]
+    assert report.round_sizes(3, 5) == [1, 1, 1]
+
+
+def test_engines_are_timed_in_interleaved_rounds():
+    """Every round times every engine once, in order; one that fails while timing is marked, the others go on."""
+    calls = []
+
+    def session(name, fail_in_round=None):
+        def time(x, warmup, repeat):
+            calls.append((name, warmup, repeat))
+            if sum(c[0] == name for c in calls) == fail_in_round:
+                raise RuntimeError("device lost")
+            return [0.001 * (1 + len(calls))] * repeat
+        return peers.Session(run=lambda x: x, time=time)
+
+    engines = [peers.ENGINES[n] for n in ("tvm_shuffle-untuned", "onnxruntime", "ncnn", "pytorch")]
+    rows = [report._row(e, "ok") for e in engines[:3]] + [report._row(engines[3], "unavailable", "no module")]
+    sessions = [session("a"), session("b", fail_in_round=2), session("c"), None]
+    report.time_interleaved(rows, sessions, np.zeros(1), warmup=3, repeat=7, rounds=3)
+    assert calls == [("a", 3, 3), ("b", 3, 3), ("c", 3, 3), ("a", 3, 2), ("b", 3, 2), ("c", 3, 2),
+                     ("a", 3, 2), ("c", 3, 2)]
+    a, b, c, unavailable = rows
+    assert len(a["samples_ms"]) == 7 and len(a["rounds_ms"]) == 3 and a["median_ms"] is not None
+    assert b["status"] == "failed" and "device lost" in b["reason"]
+    assert unavailable["status"] == "unavailable" and unavailable["median_ms"] is None
+    ranges = report.speedup_ranges(rows)
+    assert set(ranges) == {"tvm_shuffle-untuned", "ncnn"}
+    low, high = ranges["tvm_shuffle-untuned"]["ncnn"]
+    assert low <= high and low == pytest.approx(min(tc / ta for ta, tc in zip(a["rounds_ms"], c["rounds_ms"])))
 
 
 def test_latency_stats_and_numerics():

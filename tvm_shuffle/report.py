@@ -1,9 +1,10 @@
 """``python -m tvm_shuffle.report``: tvm_shuffle side by side with the engines a user would pick instead.
 
-One run measures, with the same threads, warm-up and repetitions: tvm_shuffle
-tuned (from the work directory's tuning database) and untuned, PyTorch eager,
-torch.compile, ONNX Runtime, OpenVINO and ncnn (via pnnx), and checks every
-engine's output against PyTorch on several random inputs. It adds a
+One run measures, with the same threads, warm-up and repetitions, in rounds
+that each time every engine once: tvm_shuffle tuned (from the work
+directory's tuning database) and untuned, PyTorch eager, torch.compile, ONNX
+Runtime, OpenVINO and ncnn (via pnnx), and checks every engine's output
+against PyTorch on several random inputs. It adds a
 per-kernel profile of the tvm_shuffle library, the tuning curve, the model
 zoo's MACs and parameters beside the papers' figures, and the machine.
 
@@ -35,6 +36,7 @@ from tvm_shuffle.errors import UserError, cli_entry
 
 DEFAULT_WARMUP = 10
 DEFAULT_REPEAT = 50
+DEFAULT_ROUNDS = 5
 DEFAULT_NUMERICS_INPUTS = 5
 SCHEMA_VERSION = 1
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"untimed runs per engine before timing (default: {DEFAULT_WARMUP})")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
                         help=f"timed runs per engine (default: {DEFAULT_REPEAT})")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+                        help="the timed runs are cut into N rounds, each of which times every engine once, so "
+                             f"all engines see the same machine load (default: {DEFAULT_ROUNDS})")
     parser.add_argument("--numerics-inputs", type=int, default=DEFAULT_NUMERICS_INPUTS, metavar="N",
                         help=f"random inputs compared against PyTorch (default: {DEFAULT_NUMERICS_INPUTS})")
     parser.add_argument("--peers", metavar="A,B,...",
@@ -130,30 +135,91 @@ def _row(engine: peers.Engine, status: str, reason: str = "", **extra) -> dict[s
 _STAT_KEYS = ("median_ms", "p90_ms", "min_ms", "mean_ms", "std_ms")
 
 
-def measure_engine(engine: peers.Engine, workload: peers.Workload, inputs: Sequence[np.ndarray],
-                   reference: Sequence[np.ndarray] | None, *, warmup: int, repeat: int) -> dict[str, Any]:
-    """One engine's row: status, latency statistics, numerics; never raises for the engine's own failures."""
+def open_engine(engine: peers.Engine, workload: peers.Workload, inputs: Sequence[np.ndarray],
+                reference: Sequence[np.ndarray] | None) -> tuple[dict[str, Any], peers.Session | None]:
+    """One engine's row with its numerics, and its session, still open, when it ran every input.
+
+    The session is None when the engine could not run (the row says why);
+    never raises for the engine's own failures.
+    """
     missing = engine.missing()
     if missing:
-        return _row(engine, "not installed", f"not installed (pip install {engine.install})")
+        return _row(engine, "not installed", f"not installed (pip install {engine.install})"), None
     if workload.tracker is not None and not engine.remote:
-        return _row(engine, "not run", f"runs on this host only, not on the {_device_words(workload)}")
+        return _row(engine, "not run", f"runs on this host only, not on the {_device_words(workload)}"), None
     try:
         session = engine.prepare(workload)
     except (peers.Unavailable, UserError) as err:  # UserError: e.g. a corrupt tuning database, named in the cell
-        return _row(engine, "unavailable", str(err))
+        return _row(engine, "unavailable", str(err)), None
     except Exception as err:  # an engine's own bug or limitation: its cell says so, the report goes on
-        return _row(engine, "failed", f"{type(err).__name__}: {peers.first_line(err)}")
+        return _row(engine, "failed", f"{type(err).__name__}: {peers.first_line(err)}"), None
     try:
         outputs = [session.run(x) for x in inputs]
-        seconds = session.times(inputs[0], warmup=warmup, repeat=repeat)
     except Exception as err:
-        return _row(engine, "failed", f"{type(err).__name__} while running: {peers.first_line(err)}",
-                    details=session.details)
-    finally:
         session.close()
-    return _row(engine, "ok", **latency_stats(seconds), **numerics(outputs, reference), details=session.details,
-                samples_ms=[round(s * 1e3, 4) for s in seconds], library=session.library)
+        return _row(engine, "failed", f"{type(err).__name__} while running: {peers.first_line(err)}",
+                    details=session.details), None
+    return _row(engine, "ok", **numerics(outputs, reference), details=session.details,
+                library=session.library), session
+
+
+def round_sizes(repeat: int, rounds: int) -> list[int]:
+    """``repeat`` timed runs cut into at most ``rounds`` rounds as even as can be."""
+    rounds = max(1, min(rounds, repeat))
+    return [repeat // rounds + (i < repeat % rounds) for i in range(rounds)]
+
+
+def time_interleaved(rows: Sequence[dict], sessions: Sequence[peers.Session | None], x: np.ndarray, *,
+                     warmup: int, repeat: int, rounds: int, on_round=lambda: None) -> None:
+    """Time every open session in rounds, each of which runs every engine once, and fill in their rows.
+
+    On a shared machine the load moves by the minute: engines timed one
+    after another would each see a different machine, and their ratios
+    would mean little. Every engine gets ``warmup`` untimed runs in every
+    round (another engine has just had the caches and the cores). A row
+    gets the statistics over all its runs, and each round's median
+    (``rounds_ms``); an engine that fails while timing is marked failed,
+    the others go on.
+    """
+    samples: list[list[float]] = [[] for _ in rows]
+    per_round: list[list[float]] = [[] for _ in rows]
+    live = [i for i, session in enumerate(sessions) if session is not None]
+    for size in round_sizes(repeat, rounds):
+        for i in list(live):
+            try:
+                seconds = sessions[i].times(x, warmup=warmup, repeat=size)
+            except Exception as err:
+                rows[i].update(status="failed", reason=f"{type(err).__name__} while timing: {peers.first_line(err)}")
+                live.remove(i)
+                continue
+            samples[i] += seconds
+            per_round[i].append(round(float(np.median(seconds)) * 1e3, 4))
+        on_round()
+    for i in live:
+        rows[i].update(**latency_stats(samples[i]), samples_ms=[round(s * 1e3, 4) for s in samples[i]],
+                       rounds_ms=per_round[i])
+
+
+def measure_engines(engines: Sequence[peers.Engine], workload: peers.Workload, inputs: Sequence[np.ndarray],
+                    reference: Sequence[np.ndarray] | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every engine's row: each is opened and checked in turn, then all are timed in interleaved rounds."""
+    rows, sessions = [], []
+    try:
+        with _progress(len(engines) + len(round_sizes(args.repeat, args.rounds)), args.quiet) as bar:
+            for engine in engines:
+                bar.set_postfix_str(engine.label)  # torch.compile, say, compiles for a minute here
+                row, session = open_engine(engine, workload, inputs, reference)
+                rows.append(row)
+                sessions.append(session)
+                bar.update()
+            bar.set_postfix_str("timing")
+            time_interleaved(rows, sessions, inputs[0], warmup=args.warmup, repeat=args.repeat,
+                             rounds=args.rounds, on_round=bar.update)
+    finally:
+        for session in sessions:
+            if session is not None:
+                session.close()
+    return rows
 
 
 def reference_outputs(workload: peers.Workload, inputs: Sequence[np.ndarray]) -> tuple[str | None, list | None]:
@@ -177,6 +243,17 @@ def speedups(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """``result[a][b]``: how many times faster engine a is than engine b (ratio of medians)."""
     ok = [r for r in rows if r["status"] == "ok"]
     return {a["name"]: {b["name"]: b["median_ms"] / a["median_ms"] for b in ok if b is not a} for a in ok}
+
+
+def speedup_ranges(rows: Sequence[dict]) -> dict[str, dict[str, list[float]]]:
+    """``result[a][b]``: the lowest and highest of those ratios over the timing rounds (how far the load moved them)."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("rounds_ms")]
+
+    def low_high(a: dict, b: dict) -> list[float]:
+        ratios = [tb / ta for ta, tb in zip(a["rounds_ms"], b["rounds_ms"])]
+        return [min(ratios), max(ratios)]
+
+    return {a["name"]: {b["name"]: low_high(a, b) for b in ok if b is not a} for a in ok}
 
 
 def _device_words(workload: peers.Workload) -> str:
@@ -326,18 +403,16 @@ def make_report(args: argparse.Namespace, argv: Sequence[str], *, log=None) -> d
             onnx_file=Path(args.onnx) if args.onnx else None, tracker=tracker, emulated=emulated,
             device_threads=args.threads if tracker else None, tune_command=tune_command(args, spec))
         inputs = random_inputs(imported.input_shape, imported.input_dtype, max(1, args.numerics_inputs))
+        rounds = len(round_sizes(args.repeat, args.rounds))
         log(f"measuring {len(engines)} engines on {imported.name} {'x'.join(map(str, imported.input_shape))}, "
-            f"{threads} threads, {args.warmup} warm-up + {args.repeat} timed runs each")
+            f"{threads} threads, {args.repeat} timed runs each in {rounds} rounds, {args.warmup} warm-up runs "
+            "before each")
         reference_name, reference = reference_outputs(workload, inputs)
-        rows = []
-        with _progress(len(engines), args.quiet) as bar:
-            for engine in engines:
-                bar.set_postfix_str(engine.label)  # torch.compile, say, compiles for a minute here
-                rows.append(measure_engine(engine, workload, inputs, reference, warmup=args.warmup,
-                                           repeat=args.repeat))
-                bar.write(f"  {engine.label}: " + (f"{rows[-1]['median_ms']:.3f} ms" if rows[-1]["status"] == "ok"
-                                                   else rows[-1]["reason"]), file=sys.stderr)
-                bar.update()
+        rows = measure_engines(engines, workload, inputs, reference, args)
+        for row in rows:
+            log(f"  {row['label']}: " + (f"{row['median_ms']:.3f} ms (rounds: "
+                                          f"{', '.join(f'{t:.3f}' for t in row['rounds_ms'])})"
+                                          if row["status"] == "ok" else row["reason"]))
         peaks = machine.measure_peaks(threads)
         kernels = kernel_profile(workload, rows, inputs[0], peaks, log)
         curve = tuning_curve(workload)
@@ -367,11 +442,12 @@ def make_report(args: argparse.Namespace, argv: Sequence[str], *, log=None) -> d
         "machine": {**host, "peaks": peaks},
         "device": device,
         "setup": {"threads": threads, "device_threads": workload.device_threads if tracker else threads,
-                  "warmup": args.warmup, "repeat": args.repeat,
+                  "warmup": args.warmup, "repeat": args.repeat, "rounds": rounds,
                   "numerics_inputs": len(inputs), "shuffle": args.shuffle, "reference": reference_name,
                   "work_dir": str(args.work_dir)},
         "engines": rows,
         "speedups": speedups(rows),
+        "speedup_ranges": speedup_ranges(rows),
         "profile": kernels,
         "tuning": curve,
         "models": zoo,
@@ -424,7 +500,7 @@ def _progress(total: int, quiet: bool):
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("repeat", "warmup", "numerics_inputs", "threads"):
+    for name in ("repeat", "warmup", "rounds", "numerics_inputs", "threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup' else 1}")

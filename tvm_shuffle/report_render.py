@@ -66,8 +66,20 @@ def subtitle(data: dict) -> str:
     m, d = data["machine"], data["device"]
     where = (f"remote {'emulated ' if d['emulated'] else ''}device {d['key']!r} ({d['arch']}) via {d['tracker']}; "
              f"peers and numerics reference on {m['cpu']}") if d["kind"] == "remote" else m["cpu"]
-    return (f"{where}, {data['setup']['threads']} threads, {data['setup']['warmup']} warm-up + "
-            f"{data['setup']['repeat']} timed runs per engine, {data['created']}")
+    return f"{where}, {data['setup']['threads']} threads, {timing_words(data['setup'])}, {data['created']}"
+
+
+def timing_words(setup: dict) -> str:
+    rounds = setup.get("rounds", 1)
+    return (f"{setup['repeat']} timed runs per engine in {rounds} interleaved rounds, {setup['warmup']} warm-up "
+            f"runs before each" if rounds > 1 else f"{setup['warmup']} warm-up + {setup['repeat']} timed runs per engine")
+
+
+def speedup_cell(data: dict, a: dict, b: dict) -> str:
+    """``a`` against ``b``: the ratio of medians, and its range over the rounds when there were several."""
+    text = f"{data['speedups'][a['name']][b['name']]:.2f}x"
+    low_high = data.get("speedup_ranges", {}).get(a["name"], {}).get(b["name"])
+    return text + (f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high and data["setup"].get("rounds", 1) > 1 else "")
 
 
 def ok_engines(data: dict) -> list[dict]:
@@ -184,7 +196,7 @@ def setup_facts(data: dict) -> list[tuple[str, str]]:
         ("peak (measured)", f"{fmt(peaks.get('gflops'), 1)} GFLOP/s fp32 sgemm, {fmt(peaks.get('gbps'), 1)} GB/s copy"),
         ("peak (theoretical)", f"{fmt(m.get('theoretical_gflops'), 0)} GFLOP/s (two FMA pipes of the widest vector "
                                "ISA: an upper bound)"),
-        ("timing", f"{s['warmup']} warm-up + {s['repeat']} timed runs per engine, numpy in, numpy out"),
+        ("timing", f"{timing_words(s)}, numpy in, numpy out"),
     ]
     if d["kind"] == "remote":
         threads = s.get("device_threads") or "its default number of"
@@ -205,8 +217,7 @@ def speedup_markdown(data: dict) -> str:
     if len(ok) < 2:
         return "*Fewer than two engines ran.*"
     header = ["faster than →", *(r["label"] for r in ok)]
-    rows = [[a["label"], *("-" if a is b else f"{data['speedups'][a['name']][b['name']]:.2f}x" for b in ok)]
-            for a in ok]
+    rows = [[a["label"], *("-" if a is b else speedup_cell(data, a, b) for b in ok)] for a in ok]
     return md_table(header, rows)
 
 
@@ -461,10 +472,11 @@ def speedup_table(data: dict) -> str:
                 row.append(("-", "", 1))
             else:
                 ratio = data["speedups"][a["name"]][b["name"]]
-                row.append((f"{ratio:.2f}x", "fast" if ratio > 1.05 else "slow" if ratio < 0.95 else "", 1))
+                row.append((speedup_cell(data, a, b), "fast" if ratio > 1.05 else "slow" if ratio < 0.95 else "", 1))
         rows.append(row)
     return (html_table(["faster than →", *(r["label"] for r in ok)], rows, classes="matrix") +
-            '<p class="note">Row engine is x times faster than column engine (ratio of medians).</p>')
+            '<p class="note">Row engine is x times faster than column engine (ratio of medians; in brackets '
+            'the lowest and highest ratio of the timing rounds, each of which timed every engine once).</p>')
 
 
 def kernel_section(data: dict) -> str:
