@@ -540,6 +540,19 @@ def _is_1x1_weight(buffer) -> bool:
     return len(shape) == 4 and shape[0] > 1 and shape[2:] == [1, 1]
 
 
+def test_part_filled_row_vectors_are_taken_two_at_a_time():
+    """14x14 planes on AVX-512: tiles of 2 rows of 14 pixels (one register each) x 8 channels, not 1 row x 16."""
+    mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, 14, 14)))
+    avx512 = targets.get("x86-avx512")
+    pointwise = [(name, f) for name, f in _conv_kernels(mod, avx512) if any(_is_1x1_weight(p) for p in f.params)]
+    assert any("gathered" in name for name, _ in pointwise)
+    for name, func in pointwise:
+        script = default_schedule(func, avx512.tvm_target()).mod.script()
+        assert re.search(r"in T\.unroll\(T\.int64\(2\)\):\s+for \w+ in T\.vectorized\(T\.int64\(14\)\)", script), name
+        assert "T.unroll(T.int64(8))" in script, name
+    assert_matches_unscheduled(mod, _input((N, C, 14, 14)))
+
+
 def test_odd_planes_run_padded_to_whole_vectors():
     """7x7 planes (49 pixels) run as 64 on AVX-512, in the stock and the gathered 1x1 convolutions alike."""
     mod = fuse_shuffles(v2_units(lambda bb, x: shuffle_5d(bb, x, 2), halves_split, shape=(N, C, 7, 7)))
