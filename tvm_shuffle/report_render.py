@@ -163,7 +163,8 @@ def render_markdown(data: dict) -> str:
             "of inputs whose arg-max class matches.", ""]
     notes = [f"- {r['label']}: {engine_note(r)}" for r in data["engines"] if r["note"]]
     out += notes + [""]
-    out += ["## Speed-up matrix", "", "Row engine is *x* times faster than column engine (ratio of medians).", ""]
+    out += ["## Speed-up matrix", "", "Row engine is *x* times faster than column engine (ratio of medians; in "
+            "brackets the lowest and highest ratio of the timing rounds, each of which timed every engine once).", ""]
     out += [speedup_markdown(data), ""]
     out += ["## Per-kernel profile", "", kernel_markdown(data, m), ""]
     out += ["## Latency versus tuning trials", "", tuning_markdown(data), ""]
