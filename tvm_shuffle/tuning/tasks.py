@@ -76,17 +76,21 @@ def contexts(tasks: Sequence[Task], target, loggers: Sequence[logging.Logger], s
     """One ``TuneContext`` per task with the default CPU/GPU design space and the given strategies."""
     tvm_compat.import_tensor_intrinsics()  # before TuneContext imports them, ~25x slower with PyTorch loaded
     seeds = ms.utils.fork_seed(seed, n=len(tasks))
-    return [ms.TuneContext(mod=task.mod, target=target, space_generator=_design_space(target),
+    return [ms.TuneContext(mod=task.mod, target=target, space_generator=_design_space(task.mod, target),
                            search_strategy=strategy, task_name=task.name, logger=logger,
                            rand_state=rand_state, num_threads=threads)
             for task, logger, strategy, rand_state in zip(tasks, loggers, strategies, seeds)]
 
 
-def _design_space(target):
-    """MetaSchedule's default design space, with its ``RewriteLayout`` guarded (:class:`KeepPackedLayout`)."""
-    kind = "cuda" if target.kind.name == "cuda" else "llvm"
-    postprocs = [KeepPackedLayout(p) if isinstance(p, ms.postproc.RewriteLayout) else p
-                 for p in ms.postproc.Postproc.create(kind)]
+def _design_space(mod, target):
+    """MetaSchedule's design space for ``target``, with its ``RewriteLayout`` guarded (:class:`KeepPackedLayout`).
+
+    The postprocessors are the ones MetaSchedule itself picks for the target
+    (its CPU features add ``RewriteTensorize``, for one): a context built to
+    ask for them, then dropped.
+    """
+    chosen = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply").space_generator.postprocs
+    postprocs = [KeepPackedLayout(p) if isinstance(p, ms.postproc.RewriteLayout) else p for p in chosen]
     return ms.space_generator.PostOrderApply(postprocs=postprocs)
 
 
