@@ -168,11 +168,11 @@ def run(mod, x: np.ndarray, spec=X86, database=None) -> np.ndarray:
     return (out if hasattr(out, "numpy") else out[0]).numpy()
 
 
-def assert_matches_unscheduled(mod, x: np.ndarray, database=None) -> None:
-    """Our build (default schedules, tuned ones from ``database``) against TVM's own unscheduled lowering."""
+def assert_matches_unscheduled(mod, x: np.ndarray, database=None, spec=X86) -> None:
+    """Our build for ``spec`` (defaults, tuned schedules from ``database``) against TVM's unscheduled lowering."""
     unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(mod, x, database=database), unscheduled["main"](tvm.runtime.tensor(x)).numpy(),
-                               atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(run(mod, x, spec=spec, database=database),
+                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
 
 
 def fused_and_report(mod):
@@ -439,10 +439,7 @@ def test_each_tile_of_a_padded_plane_is_a_tuning_candidate_that_computes_the_sam
         database.commit_tuning_record(ms.database.TuningRecord(chosen.sch.trace, workload, [1e-3], target,
                                                                chosen.args_info))
     assert offered.count(len(tiles)) >= 2  # the stock and the gathered 1x1 convs of the padded planes
-    x = _input((N, C, 7, 7))
-    unscheduled = relax.VirtualMachine(tvm.compile(graph, target="llvm"), tvm.cpu())
-    np.testing.assert_allclose(run(graph, x, spec=spec, database=database),
-                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), atol=ATOL, rtol=RTOL)
+    assert_matches_unscheduled(graph, _input((N, C, 7, 7)), database=database, spec=spec)
 
 
 @pytest.mark.parametrize("size", [8, 7])

@@ -246,7 +246,6 @@ def test_search_goes_on_past_seeds_that_pack_their_weights(tmp_path):
     torch.export.save(torch.export.export(module, (torch.randn(1, 16, 7, 7),)), str(model))
     budget = 3 + 8  # the seeds, then a batch of the search
     assert tune(model, tmp_path / "work", tmp_path / "out", budget) == 0
-    (directory,) = {p.parent for p in (tmp_path / "work").rglob(database.RECORDS)}
-    assert database.own_trials(directory) == budget
+    assert database.own_trials(records_dir(tmp_path / "work", "pointwise_7x7")) == budget
     out = runtime.load(tmp_path / "out")(np.ones((1, 16, 7, 7), "float32"))[0]
     np.testing.assert_allclose(out, module(torch.ones(1, 16, 7, 7)).detach().numpy(), rtol=1e-4, atol=1e-5)
