@@ -247,3 +247,28 @@ def test_a_compile_past_the_timeout_is_a_failed_build_and_the_batch_goes_on(monk
     threading.Timer(0.5, stuck.set).start()
     builder.finish_abandoned_compiles()  # what the process runs at exit: returns once the late compile is done
     assert len(late) == built + 1 and not os.path.exists(os.path.dirname(late[-1]))
+
+
+def test_a_candidate_and_its_stored_record_have_the_same_key(tmp_path):
+    """The resume key of a candidate that packs its weights (annotated ``True``) matches its record read back (``1``).
+
+    Without that a resumed run did not see the candidate as measured and measured it again.
+    """
+    import torch
+
+    from tvm_shuffle import build, frontends, passes, schedules
+    from tvm_shuffle.tuning import tasks
+    from tvm_shuffle.tvm_compat import ms
+
+    spec = targets.get("x86-avx512")
+    target = tasks.tuning_target(spec, host_cores=1)
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU()).eval()
+    lowered = build.lower(passes.optimize(frontends.from_torch_module(module, (1, 16, 7, 7)).mod), spec)
+    (task,) = tasks.extract(lowered, target)
+    candidate = schedules.default_candidates(task.mod, target)[0]
+    assert "layout_rewrite_preproc" in str(candidate.sch.trace)
+    db = database.open_database(tmp_path)
+    db.commit_tuning_record(ms.database.TuningRecord(candidate.sch.trace, db.commit_workload(task.mod), [1e-3],
+                                                     target, candidate.args_info))
+    (stored,) = database.all_records(database.open_database(tmp_path), task.mod)
+    assert database.candidate_hash(stored) == database.scheduled_hash(task.mod, candidate.sch.trace)

@@ -33,7 +33,7 @@ import tvm_ffi
 
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.targets import TargetSpec
-from tvm_shuffle.tvm_compat import ms, tvm
+from tvm_shuffle.tvm_compat import Schedule, Trace, ms, tvm
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -224,7 +224,30 @@ def kernel_hash(mod: "tvm.IRModule") -> int:
 
 def candidate_hash(record) -> int:
     """Hash of the scheduled kernel a record measured: what makes two candidates the same."""
-    return kernel_hash(record.as_measure_candidate().sch.mod)
+    return scheduled_hash(record.workload.mod, record.trace)
+
+
+def scheduled_hash(mod: "tvm.IRModule", trace) -> int:
+    """Hash of ``mod`` scheduled by ``trace`` as the database stores it.
+
+    The database writes a trace's booleans as 0 and 1, so the ``True`` that
+    layout-rewrite blocks are annotated with (ours and MetaSchedule's
+    ``RewriteLayout``) comes back as ``1``: hashed as proposed, such a
+    candidate never matched its stored record, and a resumed run measured it
+    again.
+    """
+    sch = Schedule(mod)
+    Trace.apply_json_to_schedule(_as_stored(trace.as_json(remove_postproc=False)), sch)
+    return kernel_hash(sch.mod)
+
+
+def _as_stored(value):
+    """A trace's JSON with its booleans and TVM numbers as the database writes them."""
+    if isinstance(value, (list, tuple)):
+        return [_as_stored(v) for v in value]
+    if isinstance(value, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+        value = value.value
+    return int(value) if isinstance(value, bool) else value
 
 
 def _seconds(record) -> float:

@@ -111,7 +111,7 @@ class ResumingSearch(ms.search_strategy.PySearchStrategy):
         """The candidates not measured yet, now counted as measured (never twice in this run either)."""
         fresh = []
         for candidate in candidates:
-            key = records.kernel_hash(candidate.sch.mod)
+            key = records.scheduled_hash(self.context.mod, candidate.sch.trace)
             if key not in self.measured:
                 self.measured.add(key)
                 fresh.append(candidate)
