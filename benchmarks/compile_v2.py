@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--shuffle", choices=("fused", "stock"), default="fused")
     args = parser.parse_args(argv)
-    from tvm_shuffle import require_checkout
+    from tvm_shuffle.checkout import require_checkout
 
     require_checkout(Path(__file__).resolve().parents[1])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)

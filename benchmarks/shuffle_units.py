@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="work/shuffle-bench", help="tuning records, one database per variant")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="directory for the results")
     args = parser.parse_args(argv)
-    from tvm_shuffle import require_checkout
+    from tvm_shuffle.checkout import require_checkout
 
     require_checkout(Path(__file__).resolve().parents[1])
     os.environ["TVM_NUM_THREADS"] = str(args.threads)

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="work/bench", help="tuning records (resumed if present)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
-    from tvm_shuffle import checkout_revision, require_checkout
+    from tvm_shuffle.checkout import require_checkout, revision as checkout_revision
 
     root = Path(__file__).resolve().parents[1]
     require_checkout(root)

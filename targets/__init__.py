@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 from typing import Any, Mapping
 
@@ -68,11 +67,6 @@ def spec_from_dict(data: Mapping[str, Any], *, source: str = "target file") -> T
     return TargetSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
 
 
-def host_machine() -> str:
-    """The architecture name a bundle for this host would carry (``x86_64``, ``aarch64``)."""
-    return platform.machine()
-
-
 def require_cross_compiler(spec: TargetSpec) -> str | None:
     """Path of the spec's C++ (cross-)compiler; a clear error when it is not installed."""
     if spec.cross_compiler is None:
@@ -85,4 +79,4 @@ def require_cross_compiler(spec: TargetSpec) -> str | None:
 
 
 __all__ = ["TARGETS", "ALIASES", "TargetSpec", "get", "names", "load_target_file", "spec_from_dict",
-           "host_machine", "require_cross_compiler"]
+           "require_cross_compiler"]

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvm_shuffle import build, bundle, frontends, runtime, targets
+from tvm_shuffle import api, bundle_format, frontends, host, runtime, runtime_libs, targets
 from tvm_shuffle import compile as compile_cli
 from tvm_shuffle.errors import UserError
 
@@ -101,7 +101,7 @@ def torchvision_preprocess(rgb: np.ndarray, crop: tuple[int, int]) -> np.ndarray
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
     imported = frontends.from_torch_module(tiny_module(), TINY_SHAPE, name="tiny")
-    return build.compile_imported(imported, X86, tmp_path_factory.mktemp("tiny"))
+    return api.compile(imported, X86, quiet=True).save(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def bundle_copy(tiny_bundle, tmp_path) -> Path:
 
 
 def test_bundle_holds_runtime_headers_examples_and_checksums(tiny_bundle):
-    _, manifest = runtime.read_manifest(tiny_bundle)
+    _, manifest = bundle_format.read_manifest(tiny_bundle)
     files = manifest["bundle"]["files"]
     for rel in ("model.so", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "include/tvm_shuffle.h",
                 "include/tvm/ffi/function.h", "include/dlpack/dlpack.h", "example/CMakeLists.txt", "example/main.cc",
@@ -135,16 +135,16 @@ def test_bundle_holds_runtime_headers_examples_and_checksums(tiny_bundle):
         assert rel in files, rel
     for rel, entry in files.items():
         path = tiny_bundle / rel
-        assert bundle.sha256(path) == entry["sha256"] and path.stat().st_size == entry["size"], rel
+        assert bundle_format.sha256(path) == entry["sha256"] and path.stat().st_size == entry["size"], rel
     assert manifest["bundle"]["runtime_libraries"] == ["lib/libtvm_runtime.so"]
     assert elf_arch(tiny_bundle / "lib/libtvm_runtime.so") == elf_arch(tiny_bundle / "model.so") == "x86_64"
 
 
 def test_fetch_runtime_libs_for_the_host_uses_the_installed_wheels():
-    libs = bundle.fetch_runtime_libs(runtime.host_arch())
+    libs = runtime_libs.fetch_runtime_libs(host.arch())
     assert set(libs) == {"libtvm_runtime.so", "libtvm_ffi.so"}
     assert all(path.is_file() for path in libs.values())
-    assert "libtvm_runtime_cuda.so" in bundle.fetch_runtime_libs(runtime.host_arch(), cuda=True)
+    assert "libtvm_runtime_cuda.so" in runtime_libs.fetch_runtime_libs(host.arch(), cuda=True)
 
 
 def test_fetch_runtime_libs_offline_with_empty_cache_is_a_clear_error(tmp_path, monkeypatch):
@@ -152,11 +152,11 @@ def test_fetch_runtime_libs_offline_with_empty_cache_is_a_clear_error(tmp_path, 
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no mirrors from pip.conf
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    other = "aarch64" if runtime.host_arch() != "aarch64" else "x86_64"
+    other = "aarch64" if host.arch() != "aarch64" else "x86_64"
     with pytest.raises(UserError, match=rf"cannot download the {other} TVM runtime wheels \(offline\?\).*pip download"):
-        bundle.fetch_runtime_libs(other)
+        runtime_libs.fetch_runtime_libs(other)
     with pytest.raises(UserError, match="no TVM runtime wheels for architecture 'riscv64'"):
-        bundle.fetch_runtime_libs("riscv64")
+        runtime_libs.fetch_runtime_libs("riscv64")
 
 
 # --- Python: the runtime and the example --------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_python_example_runs_with_only_the_runtime(tiny_bundle, tiny_input):
 def test_python_runtime_sizes_the_thread_pool(tiny_bundle, tiny_input, monkeypatch):
     x, _ = tiny_input
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
-    assert runtime.load(tiny_bundle).threads == runtime.physical_cores() <= os.cpu_count()
+    assert runtime.load(tiny_bundle).threads == host.physical_cores() <= os.cpu_count()
     monkeypatch.setenv("TVM_NUM_THREADS", "3")
     assert runtime.load(tiny_bundle).threads == 3
     one = runtime.load(tiny_bundle, threads=1)
@@ -296,7 +296,7 @@ def test_cpp_app_matches_python_under_env_i(tiny_bundle, tiny_app, tiny_input, t
     assert done.returncode == 0, done.stderr
     assert "model tiny, target x86 (x86_64, cpu), input" in done.stdout
     # env -i: no TVM_NUM_THREADS, so one thread per physical core (not TVM's half of the logical CPUs)
-    assert re.search(rf"latency: median [0-9.]+ ms, min [0-9.]+ ms over 3 runs, {runtime.physical_cores()} threads",
+    assert re.search(rf"latency: median [0-9.]+ ms, min [0-9.]+ ms over 3 runs, {host.physical_cores()} threads",
                      done.stdout)
     (expected,) = runtime.load(tiny_bundle)(x)
     np.testing.assert_allclose(np.fromfile(tmp_path / "y.bin", "float32"), expected.ravel(), atol=1e-6, rtol=0)
@@ -308,7 +308,7 @@ def test_cpp_app_matches_python_under_env_i(tiny_bundle, tiny_app, tiny_input, t
 def identity_bundle(tmp_path_factory) -> Path:
     """A model that returns its (flattened) input: the app's output is its preprocessed image."""
     imported = frontends.from_torch_module(torch.nn.Flatten().eval(), IDENTITY_SHAPE, name="identity")
-    return build.compile_imported(imported, X86, tmp_path_factory.mktemp("identity"))
+    return api.compile(imported, X86, quiet=True).save(tmp_path_factory.mktemp("identity"))
 
 
 @needs_cmake
@@ -357,8 +357,8 @@ def test_cpp_rejects_a_directory_without_manifest(tiny_app, tmp_path, tiny_input
 @needs_cmake
 def test_cuda_bundle_builds_and_runs_or_names_the_missing_driver(tiny_bundle, tiny_input, tmp_path):
     imported = frontends.from_torch_module(tiny_module(), TINY_SHAPE, name="tiny")
-    out = build.compile_imported(imported, targets.get("cuda"), tmp_path / "cuda")
-    _, manifest = runtime.read_manifest(out)
+    out = api.compile(imported, targets.get("cuda"), quiet=True).save(tmp_path / "cuda")
+    _, manifest = bundle_format.read_manifest(out)
     assert manifest["bundle"]["runtime_libraries"] == ["lib/libtvm_runtime.so", "lib/libtvm_runtime_cuda.so"]
     assert "lib/libcudart.so.13" in manifest["bundle"]["files"]
     app = build_app(out, tmp_path / "build")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tvm_shuffle import compile as compile_cli
-from tvm_shuffle import runtime, targets
+from tvm_shuffle import bundle_format, runtime, targets
 from tvm_shuffle.errors import UserError
 
 from test_bundle import build_app, elf_arch, run_clean
@@ -38,7 +38,7 @@ def compile_bundle(target: str, out) -> None:
 
 def test_arm_bundle_runs_under_qemu_and_matches_x86(tmp_path):
     compile_bundle("arm", tmp_path / "arm")
-    _, manifest = runtime.read_manifest(tmp_path / "arm")
+    _, manifest = bundle_format.read_manifest(tmp_path / "arm")
     assert manifest["target"]["arch"] == "aarch64"
     for lib in ("lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "model.so"):
         assert elf_arch(tmp_path / "arm" / lib) == "aarch64", lib

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvm_shuffle import build, frontends, passes, runtime, targets
+from tvm_shuffle import api, build, bundle_format, frontends, passes, runtime, targets
 from tvm_shuffle.errors import UserError
 
 ATOL = RTOL = 1e-4
@@ -31,7 +31,7 @@ def ort_reference(path, x: np.ndarray) -> np.ndarray:
 
 
 def compile_and_run(imported, x, out_dir, **kwargs) -> np.ndarray:
-    model = runtime.load(build.compile_imported(imported, X86, out_dir, **kwargs))
+    model = runtime.load(api.compile(imported, X86, quiet=True, **kwargs).save(out_dir))
     (y,) = model(x)
     return y
 
@@ -65,8 +65,8 @@ def test_onnx_matches_onnxruntime(fixture, tiny_input, tmp_path, request):
 
 def test_manifest_describes_the_library(tiny_module, tiny_input, tmp_path):
     imported = frontends.from_torch_module(tiny_module, tiny_input.shape, name="tiny")
-    out = build.compile_imported(imported, X86, tmp_path)
-    _, manifest = runtime.read_manifest(out)
+    out = api.compile(imported, X86, quiet=True).save(tmp_path)
+    _, manifest = bundle_format.read_manifest(out)
     assert manifest["model"] == "tiny"
     assert manifest["inputs"] == [{"name": imported.input_name, "shape": [1, 3, 16, 16], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "output0", "shape": [1, 10], "dtype": "float32"}]
@@ -135,7 +135,7 @@ def test_fold_is_numerically_exact_at_relax_level(tiny_module, tiny_input):
 
 def test_runtime_rejects_wrong_shape_and_dtype(tiny_module, tiny_input, tmp_path):
     imported = frontends.from_torch_module(tiny_module, tiny_input.shape)
-    model = runtime.load(build.compile_imported(imported, X86, tmp_path))
+    model = runtime.load(api.compile(imported, X86, quiet=True).save(tmp_path))
     with pytest.raises(UserError, match=r"shape \(1, 3, 32, 32\) does not match the model's \(1, 3, 16, 16\)"):
         model(np.zeros((1, 3, 32, 32), "float32"))
     with pytest.raises(UserError, match="dtype float64 does not match the model's float32"):
@@ -196,7 +196,7 @@ def test_inference_imports_neither_torch_onnx_nor_the_compiler(tiny_module, tiny
     import sys
 
     imported = frontends.from_torch_module(tiny_module, tiny_input.shape)
-    out = build.compile_imported(imported, X86, tmp_path)
+    out = api.compile(imported, X86, quiet=True).save(tmp_path)
     np.save(tmp_path / "x.npy", tiny_input)
     script = (
         "import sys, numpy as np\n"
@@ -216,11 +216,12 @@ def test_benchmarks_refuse_a_checkout_python_does_not_import(tmp_path):
     import pathlib
 
     import tvm_shuffle
+    from tvm_shuffle import checkout
 
     here = pathlib.Path(tvm_shuffle.__file__).resolve().parents[1]
-    tvm_shuffle.require_checkout(here)
+    checkout.require_checkout(here)
     with pytest.raises(SystemExit, match=f"imports tvm_shuffle from {here}"):
-        tvm_shuffle.require_checkout(tmp_path)
+        checkout.require_checkout(tmp_path)
 
 
 def test_benchmarks_record_the_revision_they_measured(tmp_path):
@@ -228,10 +229,11 @@ def test_benchmarks_record_the_revision_they_measured(tmp_path):
     import subprocess
 
     import tvm_shuffle
+    from tvm_shuffle import checkout
 
     here = pathlib.Path(tvm_shuffle.__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
-    assert head.stdout.strip()[:7] in tvm_shuffle.checkout_revision(here)
-    assert tvm_shuffle.checkout_revision(tmp_path) == "unknown"
+    assert head.stdout.strip()[:7] in checkout.revision(here)
+    assert checkout.revision(tmp_path) == "unknown"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port, start_server, stop_servers, tracker_reachable, wait_for
-from tvm_shuffle import machine, peers, profile, report, report_render, runtime, targets
+from tvm_shuffle import host, machine, peers, profile, report, report_render, targets
 
 MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,64,64"]
 QUICK = ["--repeat", "8", "--warmup", "2", "--numerics-inputs", "3", "--quiet"]
@@ -42,7 +42,7 @@ def seed_database(work_dir: Path, *, seconds=(2e-4, 1e-4)):
     from tvm_shuffle.tvm_compat import Schedule, ms
 
     spec = targets.get("x86")
-    imported = frontends.load(model="shufflenet_v2_x0_5", input_shape=(1, 3, 64, 64))
+    imported = frontends.import_model("shufflenet_v2_x0_5", input_shape=(1, 3, 64, 64))
     db = database.open_database(database.database_dir(work_dir, spec, imported.name, imported.input_shape, "fused"))
     target = tasks.tuning_target(spec, host_cores=2)
     task_list = tasks.extract(build.lower(passes.optimize(imported.mod), spec), target)
@@ -457,7 +457,7 @@ def test_remote_device_over_the_rpc_tracker(x86_rpc_device, tmp_path):
     assert code == 0
     (json_path,) = tmp_path.glob("*.json")
     # the stem names the thread count only where it differs from the host's cores (CI may have one)
-    one_thread = "" if runtime.physical_cores() == 1 else "_1t"
+    one_thread = "" if host.physical_cores() == 1 else "_1t"
     assert json_path.stem.endswith(f"_rpc-x86-loopback{one_thread}")
     data = json.loads(json_path.read_text())
     assert data["device"] == {"kind": "remote", "key": "x86-loopback", "tracker": x86_rpc_device.address,

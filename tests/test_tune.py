@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import free_port
-from tvm_shuffle import targets
+from tvm_shuffle import host, targets
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.tuning import database, in_model, rpc, runner, search
@@ -34,7 +34,7 @@ def test_unknown_target_lists_the_valid_ones(capsys):
 
 @pytest.mark.parametrize("target", ["arm", "arm-graviton3"])
 def test_arm_without_a_device_says_how_to_attach_one_or_build_untuned(capsys, target):
-    if targets.host_machine() == "aarch64":
+    if host.arch() == "aarch64":
         pytest.skip("an aarch64 host tunes ARM locally")
     code, err = run_cli(capsys, *MODEL, "--target", target)
     assert code == 2

@@ -1,7 +1,7 @@
 """CUDA libraries hold compiled device code, even when built on a machine without a GPU.
 
 Without a driver, TVM 0.27 silently exports CUDA C source instead of
-kernels; :mod:`tvm_shuffle.tuning.cuda_codegen` makes it compile with nvcc.
+kernels; :mod:`tvm_shuffle.cuda_codegen` makes it compile with nvcc.
 The artifact is inspected: a fatbin is embedded, and no CUDA C source.
 """
 
@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from tvm_shuffle import compile as compile_cli
-from tvm_shuffle.tuning import cuda_codegen
+from tvm_shuffle import cuda_codegen
 
 NVCC = shutil.which("nvcc") or shutil.which(os.path.join(cuda_codegen.DEFAULT_CUDA_PATH, "bin", "nvcc"))
 

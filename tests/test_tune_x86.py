@@ -125,7 +125,7 @@ def test_a_kernel_the_model_check_sends_back_builds_with_its_default_schedule(ti
     directory = tmp_path / "records"
     shutil.copytree(records_dir(work), directory)
     spec = targets.get("x86")
-    imported = frontends.load(torch=str(tiny_pt2))
+    imported = frontends.import_model(tiny_pt2)
     task_list = tasks.extract(build.lower(passes.optimize(imported.mod), spec), spec.tvm_target())
     db = database.open_database(directory)
     tuned_tasks = [t for t in task_list if database.valid_records(db, t.mod)]

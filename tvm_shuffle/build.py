@@ -1,14 +1,19 @@
-"""Step 4, build and export: Relax -> one shared library plus ``manifest.json``.
+"""Build: an optimized Relax module -> an executable in memory (:class:`Built`), and writing it out.
 
-The library holds the weights and the Relax VM bytecode; the manifest says
-what it expects (input name, shape, dtype), what it returns, and how it was
-made (target, TVM version, tuning database digest), so the runtime can check
-its input without TVM's compiler.
+:func:`compile_imported` runs the graph passes, applies tuned schedules from
+a database (when given) and the default schedules to the rest, and compiles.
+:func:`write` exports the library, which holds the weights and the Relax VM
+bytecode, with its ``manifest.json``: what the model expects (input name,
+shape, dtype), what it returns, and how it was made (target, TVM version,
+tuning database digest), so the runtime can check its input without TVM's
+compiler. Packaging the runtime beside them is a separate step
+(:mod:`tvm_shuffle.bundle`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import operator
@@ -19,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tvm_shuffle import bundle, passes, schedules, targets
+from tvm_shuffle import passes, schedules, targets
+from tvm_shuffle.bundle_format import LIBRARY, MANIFEST, MANIFEST_VERSION
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
@@ -27,11 +33,8 @@ from tvm_shuffle import tvm_compat
 from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.tvm_compat import TVM_VERSION, Schedule, cc, relax, tir, tvm
 
-LIBRARY = "model.so"
 # The name SplitLayoutRewritePreproc gives the packing it splits out of kernel X: "X_weight_prepack".
 WEIGHT_PACKING_SUFFIX = "_weight_prepack"
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 
 
 def tir_passes(spec: TargetSpec) -> list:
@@ -183,7 +186,7 @@ def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Exe
     """Compile an optimized Relax module; ``database`` applies tuned schedules."""
     target = spec.tvm_target()
     if spec.family == "cuda":
-        from tvm_shuffle.tuning import cuda_codegen
+        from tvm_shuffle import cuda_codegen
 
         cuda_codegen.enable_device_code()  # without it a GPU-less machine exports CUDA source, not kernels
     backend = tvm_compat.backend_pipeline(target)
@@ -248,10 +251,19 @@ def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuff
     }
 
 
-def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.PathLike, *,
-                     shuffle: str = "fused", database=None, database_digest: str | None = None,
-                     verbose: bool = False) -> Path:
-    """Optimize, build, export and bundle (:func:`tvm_shuffle.bundle.make_bundle`); returns the output directory."""
+@dataclasses.dataclass
+class Built:
+    """A compiled model in memory: the executable, the optimized Relax module it came from, and its manifest."""
+
+    executable: object  # relax.Executable
+    mod: object  # the optimized Relax module (before lowering)
+    spec: TargetSpec
+    manifest: dict[str, Any]
+
+
+def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fused", database=None,
+                     database_digest: str | None = None, verbose: bool = False) -> Built:
+    """Optimize (:func:`tvm_shuffle.passes.optimize`) and build; ``database`` applies tuned schedules."""
     start = time.perf_counter()
     report = schedules.FusionReport()
     mod = passes.optimize(imported.mod, shuffle=shuffle, report=report)
@@ -259,13 +271,17 @@ def compile_imported(imported: Imported, spec: TargetSpec, out_dir: str | os.Pat
         print(passes.describe_change(imported.mod, mod), file=sys.stderr)
         print(report.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
-    library = export(executable, spec, out_dir)
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
                     database_digest=database_digest)
-    (library.parent / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    bundle.make_bundle(library.parent, spec)  # runtime, headers, examples: the directory ships as it is
+    return Built(executable, mod, spec, info)
+
+
+def write(built: Built, out_dir: str | os.PathLike) -> Path:
+    """Export ``model.so`` (cross-compiled when needed) and ``manifest.json`` into ``out_dir``; returns it."""
+    library = export(built.executable, built.spec, out_dir)
+    (library.parent / MANIFEST).write_text(json.dumps(built.manifest, indent=2) + "\n", encoding="utf-8")
     return library.parent
 
 
-__all__ = ["LIBRARY", "MANIFEST", "tir_passes", "lower", "schedule_passes", "weight_packing_passes", "build", "export", "manifest", "compile_imported",
-           "output_signature"]
+__all__ = ["Built", "tir_passes", "lower", "schedule_passes", "weight_packing_passes", "build", "export", "manifest",
+           "compile_imported", "write", "output_signature"]

@@ -15,6 +15,14 @@ class UserError(Exception):
     """Bad input: a missing file, an unknown name, a wrong shape."""
 
 
+class MissingRecords(UserError):
+    """A tuned build was asked for, and the work directory holds no tuning records for the model."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during tuning: every record measured so far is kept; the message says how to resume."""
+
+
 def unknown_name(kind: str, name: str, valid: Sequence[str]) -> UserError:
     return UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
 
@@ -29,8 +37,8 @@ def cli_entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as err:
+            print(f"error: {err or 'interrupted'}", file=sys.stderr)
             return 130
 
     return wrapped

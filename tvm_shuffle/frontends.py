@@ -1,21 +1,22 @@
-"""Step 1, import: zoo names, PyTorch modules, ``.pt2`` programs and ONNX files -> Relax.
+"""Import: zoo names, PyTorch modules, ``torch.export`` programs and ONNX models -> Relax.
 
 Every importer returns an :class:`Imported`: the Relax module with weights as
 constants (so they end up inside the exported library) and the static input
-signature the runtime checks against.
+signature the runtime checks against. :func:`import_model` takes any of the
+sources the Python API accepts and dispatches on its type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
 
+from tvm_shuffle.defaults import INPUT_SHAPE
 from tvm_shuffle.errors import UserError
-
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 
 @dataclasses.dataclass
@@ -48,18 +49,41 @@ def from_zoo(name: str, *, weights: str | os.PathLike | None = None,
     from tvm_shuffle import models
 
     module = models.build_model(name, weights=weights)
-    return dataclasses.replace(from_torch_module(module, input_shape or DEFAULT_INPUT_SHAPE, name=name),
+    return dataclasses.replace(from_torch_module(module, input_shape or INPUT_SHAPE, name=name),
                                source="zoo")
 
 
-def from_torch_module(module, input_shape: Sequence[int], *, name: str = "model") -> Imported:
-    """Export an ``nn.Module`` with ``torch.export`` and import the program."""
+def from_torch_module(module, input_shape: Sequence[int] | None = None, *, example_inputs=None,
+                      name: str = "model") -> Imported:
+    """Export an ``nn.Module`` with ``torch.export`` for one input (``example_inputs`` or a random one of ``input_shape``)."""
     import torch
 
-    example = torch.randn(*input_shape)
+    if example_inputs is not None:
+        examples = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        if len(examples) != 1:
+            raise UserError(f"example_inputs holds {len(examples)} inputs; tvm_shuffle compiles single-input "
+                            "image models")
+        example = torch.as_tensor(examples[0])
+        if input_shape is not None and tuple(input_shape) != tuple(example.shape):
+            raise UserError(f"input_shape {tuple(input_shape)} does not match example_inputs' shape "
+                            f"{tuple(example.shape)}; give one of them")
+    elif input_shape is not None:
+        example = torch.randn(*input_shape)
+    else:
+        raise UserError("a torch.nn.Module needs example_inputs=(x,) or input_shape=(N, C, H, W) to be exported")
     with torch.no_grad():
         program = _export(module.eval(), example)
     return _from_program(program, name=name, source="torch")
+
+
+def from_exported_program(program, *, name: str = "model", input_shape: Sequence[int] | None = None) -> Imported:
+    """A ``torch.export.ExportedProgram`` (its input shape is fixed at export)."""
+    saved_shape = _placeholder_shapes(program)[0]
+    if input_shape is not None and tuple(input_shape) != saved_shape:
+        # The traced graph bakes shapes into its views, so it cannot be re-traced.
+        raise UserError(f"{name} was exported for input shape {saved_shape}, not {tuple(input_shape)}; "
+                        "export it again with torch.export for the shape you need")
+    return _from_program(program, name=name, source="pt2")
 
 
 def from_pt2(path: str | os.PathLike, *, input_shape: Sequence[int] | None = None) -> Imported:
@@ -71,25 +95,32 @@ def from_pt2(path: str | os.PathLike, *, input_shape: Sequence[int] | None = Non
         program = torch.export.load(str(path))
     except Exception as err:  # torch raises many types for a bad archive
         raise UserError(f"{path} is not a torch.export program (.pt2): {_first_line(err)}") from None
-    saved_shape = _placeholder_shapes(program)[0]
-    if input_shape is not None and tuple(input_shape) != saved_shape:
-        # The traced graph bakes shapes into its views, so it cannot be re-traced.
-        raise UserError(f"{path} was exported for input shape {saved_shape}, not {tuple(input_shape)}; "
-                        "export it again with torch.export for the shape you need")
-    return _from_program(program, name=path.stem, source="pt2")
+    return from_exported_program(program, name=path.stem, input_shape=input_shape)
 
 
 def from_onnx_file(path: str | os.PathLike, *, input_shape: Sequence[int] | None = None) -> Imported:
     """An ONNX model: what ``torch.onnx.export`` writes (dynamo or classic opsets)."""
     import onnx
 
-    from tvm_shuffle import tvm_compat
-
     path = _existing_file(path, "ONNX model")
     try:
         model = onnx.load(str(path))
+    except Exception as err:  # protobuf DecodeError, ...
+        raise UserError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    return from_onnx_model(model, name=path.stem, input_shape=input_shape, where=str(path))
+
+
+def from_onnx_model(model, *, name: str = "model", input_shape: Sequence[int] | None = None,
+                    where: str | None = None) -> Imported:
+    """An ``onnx.ModelProto``; ``where`` names it in errors (its file, by default its name)."""
+    import onnx
+
+    from tvm_shuffle import tvm_compat
+
+    path = where or name
+    try:
         onnx.checker.check_model(model)
-    except Exception as err:  # protobuf DecodeError, onnx ValidationError, ...
+    except Exception as err:  # onnx ValidationError
         raise UserError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
     inputs = _graph_inputs(model)
     if len(inputs) != 1:
@@ -104,7 +135,7 @@ def from_onnx_file(path: str | os.PathLike, *, input_shape: Sequence[int] | None
         mod = tvm_compat.from_onnx(model, shape_dict={input_name: list(shape)}, keep_params_in_input=False)
     except Exception as err:
         raise UserError(f"TVM could not import {path}: {_first_line(err)}") from None
-    return Imported(mod=mod, name=path.stem, source="onnx", input_name=input_name, input_shape=shape,
+    return Imported(mod=mod, name=name, source="onnx", input_name=input_name, input_shape=shape,
                     input_dtype=_onnx_dtype(model))
 
 
@@ -174,19 +205,56 @@ def _constant_value(node, known, static, np, numpy_helper, reference, onnx):
         return None
 
 
-def load(*, model: str | None = None, onnx: str | None = None, torch: str | None = None,
-         weights: str | None = None, input_shape: Sequence[int] | None = None) -> Imported:
-    """Dispatch on exactly one of the CLI's model sources."""
-    given = [k for k, v in (("--model", model), ("--onnx", onnx), ("--torch", torch)) if v]
-    if len(given) != 1:
-        raise UserError("give exactly one of --model NAME, --onnx FILE, --torch FILE.pt2")
-    if weights and not model:
-        raise UserError("--weights applies to zoo models (--model); bake weights into ONNX/.pt2 files instead")
-    if model:
+def import_model(model, *, input_shape: Sequence[int] | None = None, example_inputs=None,
+                 weights: str | os.PathLike | None = None) -> Imported:
+    """Any model source the Python API takes, imported.
+
+    ``model`` is an :class:`Imported` (returned as it is), a zoo name, a path
+    to a ``.onnx`` or ``.pt2`` file, a ``torch.nn.Module`` (with
+    ``example_inputs`` or ``input_shape``), a ``torch.export.ExportedProgram``
+    or an ``onnx.ModelProto``. ``weights`` (a ``state_dict`` file) applies to
+    zoo models only.
+    """
+    input_shape = parse_shape(input_shape)
+    if isinstance(model, Imported):
+        return model
+    if weights is not None and not (isinstance(model, str) and _is_zoo_name(model)):
+        raise UserError("weights apply to zoo models; bake the weights into your module, ONNX or .pt2 file instead")
+    if isinstance(model, (str, os.PathLike)):
+        return _import_named(model, input_shape=input_shape, weights=weights)
+    torch = sys.modules.get("torch")  # a module or a program means torch is imported already
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return from_torch_module(model, input_shape, example_inputs=example_inputs, name=type(model).__name__.lower())
+    if torch is not None and isinstance(model, torch.export.ExportedProgram):
+        return from_exported_program(model, input_shape=input_shape)
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(model, onnx.ModelProto):
+        return from_onnx_model(model, name=model.graph.name or "model", input_shape=input_shape)
+    raise UserError(f"cannot compile a {type(model).__name__}: give a zoo model name, a .onnx or .pt2 path, a "
+                    "torch.nn.Module, a torch.export.ExportedProgram or an onnx.ModelProto")
+
+
+def _is_zoo_name(name: str) -> bool:
+    from tvm_shuffle.models import MODELS
+
+    return name in MODELS
+
+
+def _import_named(model: str | os.PathLike, *, input_shape, weights) -> Imported:
+    """A zoo name, a ``.pt2`` program, or an ONNX file (``.onnx``, or any other existing file)."""
+    from tvm_shuffle.errors import unknown_name
+    from tvm_shuffle.models import MODELS
+
+    path = Path(model)
+    if isinstance(model, str) and _is_zoo_name(model):
         return from_zoo(model, weights=weights, input_shape=input_shape)
-    if onnx:
-        return from_onnx_file(onnx, input_shape=input_shape)
-    return from_pt2(torch, input_shape=input_shape)
+    if path.suffix == ".pt2":
+        return from_pt2(path, input_shape=input_shape)
+    if path.suffix == ".onnx" or path.is_file():
+        return from_onnx_file(path, input_shape=input_shape)
+    if path.suffix or os.sep in str(model):
+        raise UserError(f"{model}: no such file, and not a zoo model name")
+    raise unknown_name("model", str(model), MODELS)
 
 
 def _export(module, example):

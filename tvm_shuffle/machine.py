@@ -25,7 +25,7 @@ from typing import Mapping
 
 import psutil
 
-from tvm_shuffle.runtime import physical_cores
+from tvm_shuffle import host
 
 # Flags worth naming in a report, in the order they are shown (x86 /proc/cpuinfo
 # "flags", aarch64 "Features").
@@ -77,12 +77,12 @@ def describe(threads: int | None = None) -> dict:
     path = Path("/proc/cpuinfo")
     fields = _cpuinfo(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else {}
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    cores = physical_cores()
+    cores = host.physical_cores()
     mhz = float(fields["cpu MHz"]) if "cpu MHz" in fields else _psutil_mhz()
     return {
         "cpu": cpu_model(fields),
         "vendor": fields.get("vendor_id") or fields.get("CPU implementer") or "",
-        "arch": platform.machine(),
+        "arch": host.arch(),
         "isa": isa(flags),
         "physical_cores": cores,
         "logical_cpus": psutil.cpu_count() or cores,

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tvm_shuffle.defaults import INPUT_SHAPE
 from tvm_shuffle.errors import UserError, cli_entry, unknown_name
 
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 STAGE_REPEATS = (4, 8, 4)
 WIDTHS = (0.5, 1.0, 1.5, 2.0)
 V1_GROUPS = (1, 2, 3, 4, 8)
@@ -53,7 +53,7 @@ class ModelSpec:
     paper_macs: int | None = None
     paper_params: int | None = None
     reference: str | None = None
-    input_shape: tuple[int, int, int, int] = DEFAULT_INPUT_SHAPE
+    input_shape: tuple[int, int, int, int] = INPUT_SHAPE
     num_classes: int = 1000
 
 
@@ -300,7 +300,7 @@ def build_model(name: str, *, weights: str | os.PathLike | None = None, num_clas
     return model.eval()
 
 
-def count_macs_params(module: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> tuple[int, int]:
+def count_macs_params(module: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> tuple[int, int]:
     """(multiply-adds, parameters) of ``module`` for one forward pass at ``input_shape``.
 
     MACs are measured, not looked up: a forward pass with hooks on every

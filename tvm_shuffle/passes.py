@@ -10,9 +10,8 @@ import functools
 
 import numpy as np
 
+from tvm_shuffle.defaults import SHUFFLE_MODES
 from tvm_shuffle.tvm_compat import relax, tvm
-
-SHUFFLE_MODES = ("fused", "stock")
 
 
 def _bn_fold_pattern():

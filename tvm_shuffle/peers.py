@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import importlib.metadata
 import importlib.util
 import os
@@ -32,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tvm_shuffle import runtime, timing
+from tvm_shuffle import api, timing
+from tvm_shuffle.errors import MissingRecords
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 
@@ -55,7 +55,7 @@ class Session:
     run: Callable[[np.ndarray], np.ndarray]
     time: Callable[[np.ndarray, int, int], list[float]] | None = None
     close: Callable[[], None] = lambda: None
-    library: Path | None = None
+    compiled: api.Compiled | None = None  # a tvm_shuffle engine's build, for the per-kernel profile
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def times(self, x: np.ndarray, *, warmup: int, repeat: int) -> list[float]:
@@ -179,69 +179,39 @@ def _quiet_fds():
 
 
 def _tvm_tuned(w: Workload) -> Session:
-    from tvm_shuffle import build
-    from tvm_shuffle.tuning import database, in_model
-
-    directory = database.database_dir(w.work_dir, w.spec, w.imported.name, w.input_shape, w.shuffle)
-    records = directory / database.RECORDS
-    if not records.is_file() or not records.read_bytes().strip():
-        raise Unavailable(f"no tuning database in {directory}; create one with: {w.tune_command}")
-    db = in_model.build_database(directory)
-    out = build.compile_imported(w.imported, w.spec, w.scratch / "tuned", shuffle=w.shuffle, database=db,
-                                 database_digest=database.digest(directory))
-    trials = database.own_trials(directory)
-    return _tvm_session(w, out, {"database": str(directory), "trials": trials})
+    try:
+        compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, work_dir=w.work_dir, quiet=True)
+    except MissingRecords as err:
+        raise Unavailable(f"{err}; create them with: {w.tune_command}") from None
+    return _tvm_session(w, compiled, dict(compiled.records))
 
 
 def _tvm_untuned(w: Workload) -> Session:
-    from tvm_shuffle import build
-
-    return _tvm_session(w, build.compile_imported(w.imported, w.spec, w.scratch / "untuned", shuffle=w.shuffle), {})
+    return _tvm_session(w, api.compile(w.imported, w.spec, shuffle=w.shuffle, quiet=True), {})
 
 
-def _tvm_session(w: Workload, out: Path, details: dict) -> Session:
-    library = out / "model.so"
+def _tvm_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
     if w.tracker is not None:
-        return _rpc_session(w, library, details)
+        return _rpc_session(w, compiled, details)
     if w.spec.family == "cuda":
         raise Unavailable("CUDA libraries are measured on a GPU machine over RPC (--rpc-tracker, --rpc-key)")
-    model = runtime.load(out, threads=w.threads)
+    model = compiled.model(threads=w.threads)
     details["tvm_threads"] = model.threads
-    return Session(run=lambda x: model(x)[0], library=library, details=details)
+    return Session(run=lambda x: model(x)[0], compiled=compiled, details=details)
 
 
-def _rpc_session(w: Workload, library: Path, details: dict) -> Session:
-    """The library on the remote device; the VM is driven with set_input / invoke_stateful / get_outputs."""
-    from tvm_shuffle.tuning import rpc
-    from tvm_shuffle.tvm_compat import relax, tvm
+def _rpc_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
+    """The library on the remote device (:class:`tvm_shuffle.tuning.remote.RemoteModel`)."""
+    from tvm_shuffle.tuning.remote import RemoteModel
 
-    remote = rpc.request_session(w.tracker)
-    name = f"{w.imported.name}-{library.parent.name}.so"
-    remote.upload(str(library), name)
-    device = remote.cuda(0) if w.spec.family == "cuda" else remote.cpu(0)
-    vm = relax.VirtualMachine(remote.load_module(name), device)
-    state = {"vm": vm, "session": remote}
-    details["tvm_threads"] = runtime.set_tvm_threads(remote.get_function, w.device_threads)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        vm.set_input("main", tvm.runtime.tensor(x, device))
-        vm.invoke_stateful("main")
-        out = vm.get_outputs("main")
-        return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
-
-    def time(x: np.ndarray, warmup: int, repeat: int) -> list[float]:
-        vm.set_input("main", tvm.runtime.tensor(x, device))
-        for _ in range(warmup):
-            vm.invoke_stateful("main")
-        evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat)
-        return [float(s) for s in evaluator("main").results]
-
-    def close() -> None:
-        state.clear()  # the remote session ends when its last reference goes
-        gc.collect()
-
+    library = compiled.library()
+    model = RemoteModel(w.tracker, library, gpu=w.spec.family == "cuda",
+                        name=f"{w.imported.name}-{library.parent.name}.so")
+    details["tvm_threads"] = model.set_threads(w.device_threads)
     where = f"{'emulated ' if w.emulated else ''}device {w.tracker.key!r} via {w.tracker.address}"
-    return Session(run=run, time=time, close=close, library=library, details={**details, "device": where})
+    return Session(run=lambda x: model(x)[0], time=lambda x, warmup, repeat: model.times(x, warmup=warmup,
+                                                                                         repeat=repeat),
+                   close=model.close, compiled=compiled, details={**details, "device": where})
 
 
 # ---------------------------------------------------------------------------

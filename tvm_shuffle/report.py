@@ -12,12 +12,16 @@ Writes, in --out: the data (``<stem>.json``, ``<stem>_*.csv``), then
 ``<stem>.md`` and one self-contained ``<stem>.html`` with charts; the stem
 names model, target and machine, e.g.
 ``report_shufflenet_v2_x1_0_x86-znver4_amd-epyc-2c``.
+
+From Python, ``tvm_shuffle.report(model, target="x86", ...)`` measures the
+same and returns a :class:`Report`; ``Report.save(directory)`` writes the
+files (this module is callable as :func:`report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import datetime
 import os
 import re
@@ -30,16 +34,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvm_shuffle import machine, peers, runtime, targets
-from tvm_shuffle.compile import add_model_arguments, add_target_arguments, import_model, resolve_target
+from tvm_shuffle import api, cli, defaults, host, machine, targets
+from tvm_shuffle import peers as engines_registry
 from tvm_shuffle.errors import UserError, cli_entry
+from tvm_shuffle.frontends import Imported, import_model
 
 DEFAULT_WARMUP = 10
 DEFAULT_REPEAT = 50
 DEFAULT_ROUNDS = 5
 DEFAULT_NUMERICS_INPUTS = 5
 SCHEMA_VERSION = 1
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
 EPILOG = """examples:
   python -m tvm_shuffle.report --model shufflenet_v2_x1_0 --target x86 --out reports/
@@ -58,10 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tvm_shuffle.report", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
-    add_target_arguments(parser)
-    parser.add_argument("--work-dir", default="work", metavar="DIR",
-                        help="where `python -m tvm_shuffle.tune` keeps its records (default: ./work)")
+    cli.add_model_arguments(parser)
+    cli.add_target_arguments(parser)
+    cli.add_work_dir_argument(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for the report files")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads for every engine (default: the physical cores, here "
@@ -76,13 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--numerics-inputs", type=int, default=DEFAULT_NUMERICS_INPUTS, metavar="N",
                         help=f"random inputs compared against PyTorch (default: {DEFAULT_NUMERICS_INPUTS})")
     parser.add_argument("--peers", metavar="A,B,...",
-                        help=f"engines to measure (default: all): {', '.join(peers.ENGINES)}")
+                        help=f"engines to measure (default: all): {', '.join(engines_registry.ENGINES)}")
     parser.add_argument("--no-zoo-table", action="store_true", help="leave out the model zoo table (saves ~5 s)")
-    remote = parser.add_argument_group("remote device (boards, GPUs): the tvm_shuffle rows run there")
-    remote.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker the device is registered with")
-    remote.add_argument("--rpc-key", metavar="KEY", help="the device's key (rpc_server --key)")
-    remote.add_argument("--rpc-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="give up on an unreachable tracker or busy device after this long (default: 60)")
+    cli.add_rpc_arguments(parser, title="remote device (boards, GPUs): the tvm_shuffle rows run there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -126,7 +125,7 @@ def numerics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | No
     return {"max_abs_err": max(errors), "top1_agreement": agree / rows, "numerics_note": ""}
 
 
-def _row(engine: peers.Engine, status: str, reason: str = "", **extra) -> dict[str, Any]:
+def _row(engine: engines_registry.Engine, status: str, reason: str = "", **extra) -> dict[str, Any]:
     return {"name": engine.name, "label": engine.label, "version": engine.version(), "status": status,
             "reason": reason, "note": engine.note, **{k: None for k in _STAT_KEYS}, "max_abs_err": None,
             "top1_agreement": None, "numerics_note": "", "details": {}, **extra}
@@ -135,8 +134,8 @@ def _row(engine: peers.Engine, status: str, reason: str = "", **extra) -> dict[s
 _STAT_KEYS = ("median_ms", "p90_ms", "min_ms", "mean_ms", "std_ms")
 
 
-def open_engine(engine: peers.Engine, workload: peers.Workload, inputs: Sequence[np.ndarray],
-                reference: Sequence[np.ndarray] | None) -> tuple[dict[str, Any], peers.Session | None]:
+def open_engine(engine: engines_registry.Engine, workload: engines_registry.Workload, inputs: Sequence[np.ndarray],
+                reference: Sequence[np.ndarray] | None) -> tuple[dict[str, Any], engines_registry.Session | None]:
     """One engine's row with its numerics, and its session, still open, when it ran every input.
 
     The session is None when the engine could not run (the row says why);
@@ -149,18 +148,18 @@ def open_engine(engine: peers.Engine, workload: peers.Workload, inputs: Sequence
         return _row(engine, "not run", f"runs on this host only, not on the {_device_words(workload)}"), None
     try:
         session = engine.prepare(workload)
-    except (peers.Unavailable, UserError) as err:  # UserError: e.g. a corrupt tuning database, named in the cell
+    except (engines_registry.Unavailable, UserError) as err:  # UserError: e.g. a corrupt tuning database, named in the cell
         return _row(engine, "unavailable", str(err)), None
     except Exception as err:  # an engine's own bug or limitation: its cell says so, the report goes on
-        return _row(engine, "failed", f"{type(err).__name__}: {peers.first_line(err)}"), None
+        return _row(engine, "failed", f"{type(err).__name__}: {engines_registry.first_line(err)}"), None
     try:
         outputs = [session.run(x) for x in inputs]
     except Exception as err:
         session.close()
-        return _row(engine, "failed", f"{type(err).__name__} while running: {peers.first_line(err)}",
+        return _row(engine, "failed", f"{type(err).__name__} while running: {engines_registry.first_line(err)}",
                     details=session.details), None
     return _row(engine, "ok", **numerics(outputs, reference), details=session.details,
-                library=session.library), session
+                compiled=session.compiled), session
 
 
 def round_sizes(repeat: int, rounds: int) -> list[int]:
@@ -169,7 +168,7 @@ def round_sizes(repeat: int, rounds: int) -> list[int]:
     return [repeat // rounds + (i < repeat % rounds) for i in range(rounds)]
 
 
-def time_interleaved(rows: Sequence[dict], sessions: Sequence[peers.Session | None], x: np.ndarray, *,
+def time_interleaved(rows: Sequence[dict], sessions: Sequence[engines_registry.Session | None], x: np.ndarray, *,
                      warmup: int, repeat: int, rounds: int, on_round=lambda: None) -> None:
     """Time every open session in rounds, each of which runs every engine once, and fill in their rows.
 
@@ -189,7 +188,7 @@ def time_interleaved(rows: Sequence[dict], sessions: Sequence[peers.Session | No
             try:
                 seconds = sessions[i].times(x, warmup=warmup, repeat=size)
             except Exception as err:
-                rows[i].update(status="failed", reason=f"{type(err).__name__} while timing: {peers.first_line(err)}")
+                rows[i].update(status="failed", reason=f"{type(err).__name__} while timing: {engines_registry.first_line(err)}")
                 live.remove(i)
                 continue
             samples[i] += seconds
@@ -200,12 +199,27 @@ def time_interleaved(rows: Sequence[dict], sessions: Sequence[peers.Session | No
                        rounds_ms=per_round[i])
 
 
-def measure_engines(engines: Sequence[peers.Engine], workload: peers.Workload, inputs: Sequence[np.ndarray],
-                    reference: Sequence[np.ndarray] | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How every engine is timed: ``repeat`` runs cut into ``rounds``, ``warmup`` untimed runs before each round."""
+
+    warmup: int = DEFAULT_WARMUP
+    repeat: int = DEFAULT_REPEAT
+    rounds: int = DEFAULT_ROUNDS
+
+    def check(self) -> None:
+        for name, least in (("warmup", 0), ("repeat", 1), ("rounds", 1)):
+            if getattr(self, name) < least:
+                raise UserError(f"{name} must be at least {least}, not {getattr(self, name)}")
+
+
+def measure_engines(engines: Sequence[engines_registry.Engine], workload: engines_registry.Workload, inputs: Sequence[np.ndarray],
+                    reference: Sequence[np.ndarray] | None, timing: Timing, *,
+                    quiet: bool = False) -> list[dict[str, Any]]:
     """Every engine's row: each is opened and checked in turn, then all are timed in interleaved rounds."""
     rows, sessions = [], []
     try:
-        with _progress(len(engines) + len(round_sizes(args.repeat, args.rounds)), args.quiet) as bar:
+        with _progress(len(engines) + len(round_sizes(timing.repeat, timing.rounds)), quiet) as bar:
             for engine in engines:
                 bar.set_postfix_str(engine.label)  # torch.compile, say, compiles for a minute here
                 row, session = open_engine(engine, workload, inputs, reference)
@@ -213,8 +227,8 @@ def measure_engines(engines: Sequence[peers.Engine], workload: peers.Workload, i
                 sessions.append(session)
                 bar.update()
             bar.set_postfix_str("timing")
-            time_interleaved(rows, sessions, inputs[0], warmup=args.warmup, repeat=args.repeat,
-                             rounds=args.rounds, on_round=bar.update)
+            time_interleaved(rows, sessions, inputs[0], warmup=timing.warmup, repeat=timing.repeat,
+                             rounds=timing.rounds, on_round=bar.update)
     finally:
         for session in sessions:
             if session is not None:
@@ -222,15 +236,15 @@ def measure_engines(engines: Sequence[peers.Engine], workload: peers.Workload, i
     return rows
 
 
-def reference_outputs(workload: peers.Workload, inputs: Sequence[np.ndarray]) -> tuple[str | None, list | None]:
+def reference_outputs(workload: engines_registry.Workload, inputs: Sequence[np.ndarray]) -> tuple[str | None, list | None]:
     """Outputs of PyTorch eager (ONNX Runtime for ONNX input) on ``inputs``, run on this host."""
-    for name in (peers.REFERENCE, peers.FALLBACK_REFERENCE):
-        engine = peers.ENGINES[name]
+    for name in (engines_registry.REFERENCE, engines_registry.FALLBACK_REFERENCE):
+        engine = engines_registry.ENGINES[name]
         if engine.missing():
             continue
         try:
             session = engine.prepare(workload)
-        except peers.Unavailable:
+        except engines_registry.Unavailable:
             continue
         try:
             return name, [np.asarray(session.run(x), dtype=np.float64) for x in inputs]
@@ -256,7 +270,7 @@ def speedup_ranges(rows: Sequence[dict]) -> dict[str, dict[str, list[float]]]:
     return {a["name"]: {b["name"]: low_high(a, b) for b in ok if b is not a} for a in ok}
 
 
-def _device_words(workload: peers.Workload) -> str:
+def _device_words(workload: engines_registry.Workload) -> str:
     emulated = "emulated " if workload.emulated else ""
     return f"{emulated}device {workload.tracker.key!r} (via {workload.tracker.address})"
 
@@ -265,10 +279,10 @@ def _device_words(workload: peers.Workload) -> str:
 # Profile, tuning curve, model table
 
 
-def kernel_profile(workload: peers.Workload, rows: Sequence[dict], x: np.ndarray, peaks: dict,
+def kernel_profile(workload: engines_registry.Workload, rows: Sequence[dict], x: np.ndarray, peaks: dict,
                    log=lambda message: None) -> dict[str, Any]:
     """Per-kernel profile of the tuned library (the untuned one without tuning records)."""
-    from tvm_shuffle import build, passes, profile
+    from tvm_shuffle import profile
 
     built = [r for r in rows if r["name"].startswith("tvm_shuffle") and r["status"] == "ok"]
     if workload.tracker is not None:
@@ -278,8 +292,7 @@ def kernel_profile(workload: peers.Workload, rows: Sequence[dict], x: np.ndarray
         return {"note": "no tvm_shuffle library ran on this host's CPU, so there is nothing to profile", "rows": []}
     chosen = built[0]
     log(f"profiling the {chosen['label']} library per kernel")
-    lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
-    kernel_rows = profile.profile(chosen["library"], lowered, x)
+    kernel_rows = chosen["compiled"].profile(x)
     total_us = sum(r.us for r in kernel_rows)
     table = []
     for r in kernel_rows:
@@ -294,7 +307,7 @@ def kernel_profile(workload: peers.Workload, rows: Sequence[dict], x: np.ndarray
                      "Relax VM's instrument hook less the hook's own cost")}
 
 
-def tuning_curve(workload: peers.Workload) -> dict[str, Any]:
+def tuning_curve(workload: engines_registry.Workload) -> dict[str, Any]:
     """MetaSchedule's end-to-end estimate (sum over kernels of calls x best so far) after each record."""
     import json
 
@@ -310,7 +323,7 @@ def tuning_curve(workload: peers.Workload) -> dict[str, Any]:
     import tvm_ffi
 
     lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
-    task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=runtime.physical_cores()))
+    task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=host.physical_cores()))
     weight_by_hash = {str(tvm_ffi.structural_hash(t.mod)): t.weight for t in task_list}
     hashes = [json.loads(line)[0] for line in workloads_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     best: dict[str, float] = {}
@@ -350,7 +363,7 @@ def file_stem(model: str, input_shape: Sequence[int], target_dir: str, machine_t
     The parts in brackets appear only when they differ from the defaults
     (1x3x224x224, fused shuffles, one thread per physical core).
     """
-    shape = "" if tuple(input_shape) == DEFAULT_INPUT_SHAPE else "_" + "x".join(map(str, input_shape))
+    shape = "" if tuple(input_shape) == defaults.INPUT_SHAPE else "_" + "x".join(map(str, input_shape))
     mode = "" if shuffle == "fused" else f"_{shuffle}"
     suffix = f"_{threads}" if threads else ""
     return f"report_{_safe(model)}{shape}_{_safe(target_dir)}{mode}_{_safe(machine_tag)}{suffix}"
@@ -360,64 +373,89 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
-def tune_command(args: argparse.Namespace, spec: targets.TargetSpec) -> str:
-    from tvm_shuffle.tune import model_flags
-
-    target = f"--target-file {args.target_file}" if args.target_file else f"--target {spec.name}"
-    parts = ["python -m tvm_shuffle.tune", target, model_flags(args), f"--work-dir {args.work_dir}"]
-    if args.shuffle != "fused":
-        parts.append(f"--shuffle {args.shuffle}")
-    if args.rpc_tracker:
-        parts.append(f"--rpc-tracker {args.rpc_tracker} --rpc-key {args.rpc_key}")
+def tune_command(model, spec: targets.TargetSpec, *, input_shape: Sequence[int] | None, work_dir,
+                 shuffle: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
+    """The ``python -m tvm_shuffle.tune`` command that makes the records the tuned row is built from."""
+    parts = ["python -m tvm_shuffle.tune", f"--target {spec.name}", api.model_flags(model, input_shape),
+             f"--work-dir {work_dir}"]
+    if shuffle != "fused":
+        parts.append(f"--shuffle {shuffle}")
+    if rpc_tracker:
+        parts.append(f"--rpc-tracker {rpc_tracker} --rpc-key {rpc_key}")
     return " ".join(parts)
 
 
-@contextlib.contextmanager
-def _tvm_threads(threads: int):
-    """TVM's thread pool reads TVM_NUM_THREADS when it first starts; set it before anything runs."""
-    saved = os.environ.get("TVM_NUM_THREADS")
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TVM_NUM_THREADS", None)
-        else:
-            os.environ["TVM_NUM_THREADS"] = saved
+@dataclasses.dataclass
+class Report:
+    """A report's data (what ``<stem>.json`` holds); :meth:`save` writes the JSON, CSV, Markdown and HTML files."""
+
+    data: dict[str, Any]
+
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        return self.data["engines"]
+
+    def save(self, directory: str | os.PathLike) -> list[Path]:
+        from tvm_shuffle import report_render
+
+        return report_render.write_all(self.data, Path(directory))
+
+    def __repr__(self) -> str:
+        ok = [f"{r['label']} {r['median_ms']:.3f} ms" for r in self.engines if r["status"] == "ok"]
+        return f"<Report {self.data['stem']}: {', '.join(ok) or 'no engine ran'}>"
 
 
-def make_report(args: argparse.Namespace, argv: Sequence[str], *, log=None) -> dict[str, Any]:
-    """Measure everything and return the report's data (what ``<stem>.json`` holds)."""
+def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[str] | None = None,
+           threads: int | None = None, work_dir: str | os.PathLike = defaults.WORK_DIR, warmup: int = DEFAULT_WARMUP,
+           repeat: int = DEFAULT_REPEAT, rounds: int = DEFAULT_ROUNDS, numerics_inputs: int = DEFAULT_NUMERICS_INPUTS, rpc_tracker: str | None = None,
+           rpc_key: str | None = None, rpc_timeout: float | None = None, zoo_table: bool = True,
+           quiet: bool = False, input_shape: Sequence[int] | None = None, example_inputs=None,
+           shuffle: str = "fused", weights: str | None = None, command: str | None = None, log=None) -> Report:
+    """Measure ``model`` on every engine in ``peers_`` (default: all of :data:`tvm_shuffle.engines_registry.ENGINES`).
+
+    Model sources are those of :func:`tvm_shuffle.compile`. ``threads`` go to
+    every engine (default: this machine's physical cores); the tuned row is
+    built from ``work_dir``'s records. Each engine runs ``repeat`` timed
+    calls cut into ``rounds``, each round after ``warmup`` untimed calls.
+    ``command`` is what the report says made it (default: this call).
+    """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    spec = resolve_target(args)
-    targets.require_cross_compiler(spec)
-    host = machine.describe(args.threads)
-    threads = host["threads"]
-    engines = peers.select(_peer_names(args.peers))
-    tracker, emulated = _remote(args, spec)
-    with _tvm_threads(threads), tempfile.TemporaryDirectory(prefix="tvm_shuffle_report_") as scratch:
-        imported = import_model(args)
-        workload = peers.Workload(
-            name=imported.name, imported=imported, spec=spec, threads=threads, scratch=Path(scratch),
-            work_dir=Path(args.work_dir), shuffle=args.shuffle, torch_module=_torch_module(args),
-            onnx_file=Path(args.onnx) if args.onnx else None, tracker=tracker, emulated=emulated,
-            device_threads=args.threads if tracker else None, tune_command=tune_command(args, spec))
-        inputs = random_inputs(imported.input_shape, imported.input_dtype, max(1, args.numerics_inputs))
-        rounds = len(round_sizes(args.repeat, args.rounds))
+    if threads is not None and threads < 1 or numerics_inputs < 1:
+        raise UserError("threads and numerics_inputs must be at least 1")
+    timing = Timing(warmup, repeat, rounds)
+    timing.check()
+    engines = engines_registry.select(peers)  # an unknown engine fails before the slow part
+    spec = api.resolve_target(target)
+    if rpc_key and not rpc_tracker:
+        raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
+    tracker, emulated = _remote(spec, rpc_tracker, rpc_key, rpc_timeout)
+    host_info = machine.describe(threads)
+    threads_used = host_info["threads"]
+    with host.tvm_threads(threads_used), tempfile.TemporaryDirectory(prefix="tvm_shuffle_report_") as scratch:
+        imported = import_model(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights)
+        workload = engines_registry.Workload(
+            name=imported.name, imported=imported, spec=spec, threads=threads_used, scratch=Path(scratch),
+            work_dir=Path(work_dir), shuffle=shuffle, torch_module=_torch_module(model, weights),
+            onnx_file=_onnx_file(model, Path(scratch)), tracker=tracker, emulated=emulated,
+            device_threads=threads if tracker else None,
+            tune_command=tune_command(model, spec, input_shape=input_shape, work_dir=work_dir, shuffle=shuffle,
+                                      rpc_tracker=rpc_tracker, rpc_key=rpc_key))
+        inputs = random_inputs(imported.input_shape, imported.input_dtype, numerics_inputs)
+        round_count = len(round_sizes(timing.repeat, timing.rounds))
         log(f"measuring {len(engines)} engines on {imported.name} {'x'.join(map(str, imported.input_shape))}, "
-            f"{threads} threads, {args.repeat} timed runs each in {rounds} rounds, {args.warmup} warm-up runs "
-            "before each")
+            f"{threads_used} threads, {timing.repeat} timed runs each in {round_count} rounds, {timing.warmup} warm-up "
+            "runs before each")
         reference_name, reference = reference_outputs(workload, inputs)
-        rows = measure_engines(engines, workload, inputs, reference, args)
+        rows = measure_engines(engines, workload, inputs, reference, timing, quiet=quiet)
         for row in rows:
             log(f"  {row['label']}: " + (f"{row['median_ms']:.3f} ms (rounds: "
                                           f"{', '.join(f'{t:.3f}' for t in row['rounds_ms'])})"
                                           if row["status"] == "ok" else row["reason"]))
-        peaks = machine.measure_peaks(threads)
+        peaks = machine.measure_peaks(threads_used)
         kernels = kernel_profile(workload, rows, inputs[0], peaks, log)
         curve = tuning_curve(workload)
     for row in rows:
-        row.pop("library", None)
+        row.pop("compiled", None)
     tuned = next((r for r in rows if r["name"] == "tvm_shuffle-tuned"), None)
     untuned = next((r for r in rows if r["name"] == "tvm_shuffle-untuned"), None)
     curve["tuned_ms"] = tuned["median_ms"] if tuned else None
@@ -426,32 +464,33 @@ def make_report(args: argparse.Namespace, argv: Sequence[str], *, log=None) -> d
 
     target_dir = database.target_dir_name(spec)
     device = ({"kind": "remote", "key": tracker.key, "tracker": tracker.address, "emulated": emulated,
-               "arch": spec.runtime_arch} if tracker else {"kind": "local", "arch": host["arch"], "emulated": False})
-    tag = f"rpc-{tracker.key}{'-emulated' if emulated else ''}" if tracker else machine.tag(host)
-    zoo = [] if args.no_zoo_table else model_table()
-    return {
+               "arch": spec.runtime_arch} if tracker else {"kind": "local", "arch": host_info["arch"],
+                                                           "emulated": False})
+    tag = f"rpc-{tracker.key}{'-emulated' if emulated else ''}" if tracker else machine.tag(host_info)
+    zoo = model_table() if zoo_table else []
+    return Report({
         "schema": SCHEMA_VERSION,
-        "stem": file_stem(imported.name, imported.input_shape, target_dir, tag, shuffle=args.shuffle,
-                          threads="" if args.threads in (None, host["physical_cores"]) else f"{args.threads}t"),
-        "command": shlex.join(["python", "-m", "tvm_shuffle.report", *argv]),
+        "stem": file_stem(imported.name, imported.input_shape, target_dir, tag, shuffle=shuffle,
+                          threads="" if threads in (None, host_info["physical_cores"]) else f"{threads}t"),
+        "command": command or f"tvm_shuffle.report({imported.name!r}, {spec.name!r})",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": imported.name, "source": imported.source, "input_shape": list(imported.input_shape),
                   "input_dtype": imported.input_dtype, "tvm_flops": kernels.get("model_flops"),
                   **_zoo_figures(imported.name, zoo)},
         "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "dir": target_dir},
-        "machine": {**host, "peaks": peaks},
+        "machine": {**host_info, "peaks": peaks},
         "device": device,
-        "setup": {"threads": threads, "device_threads": workload.device_threads if tracker else threads,
-                  "warmup": args.warmup, "repeat": args.repeat, "rounds": rounds,
-                  "numerics_inputs": len(inputs), "shuffle": args.shuffle, "reference": reference_name,
-                  "work_dir": str(args.work_dir)},
+        "setup": {"threads": threads_used, "device_threads": workload.device_threads if tracker else threads_used,
+                  "warmup": timing.warmup, "repeat": timing.repeat, "rounds": round_count,
+                  "numerics_inputs": len(inputs), "shuffle": shuffle, "reference": reference_name,
+                  "work_dir": str(work_dir)},
         "engines": rows,
         "speedups": speedups(rows),
         "speedup_ranges": speedup_ranges(rows),
         "profile": kernels,
         "tuning": curve,
         "models": zoo,
-    }
+    })
 
 
 def _zoo_figures(name: str, zoo: Sequence[dict]) -> dict:
@@ -464,29 +503,47 @@ def _peer_names(text: str | None) -> list[str] | None:
     return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _torch_module(args: argparse.Namespace):
-    """The PyTorch module behind the model: the zoo's, the .pt2 program's, or None for ONNX."""
-    if args.model:
-        from tvm_shuffle import models
-
-        return models.build_model(args.model, weights=args.weights)
-    if args.torch:
+def _torch_module(model, weights: str | None):
+    """The PyTorch module behind the model: the zoo's, the user's, the program's, or None for ONNX."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return model
+    if torch is not None and isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    if isinstance(model, Imported) or not isinstance(model, (str, os.PathLike)):
+        return None
+    if str(model).endswith(".pt2"):
         import torch
 
-        return torch.export.load(args.torch).module()
+        return torch.export.load(str(model)).module()
+    from tvm_shuffle import models
+
+    return models.build_model(str(model), weights=weights) if str(model) in models.MODELS else None
+
+
+def _onnx_file(model, scratch: Path) -> Path | None:
+    """The user's ONNX model as a file the ONNX engines read (a ``ModelProto`` is written to ``scratch``)."""
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(model, onnx.ModelProto):
+        path = scratch / "model.onnx"
+        onnx.save(model, str(path))
+        return path
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_file() and not str(model).endswith(".pt2"):
+        return Path(model)
     return None
 
 
-def _remote(args: argparse.Namespace, spec: targets.TargetSpec):
-    """(tracker, emulated) for --rpc-tracker; an error when the target cannot run here and none is given."""
+def _remote(spec: targets.TargetSpec, rpc_tracker: str | None, rpc_key: str | None, rpc_timeout: float | None):
+    """(tracker, emulated) for an RPC tracker; an error when the target cannot run here and none is given."""
     from tvm_shuffle.tuning import rpc, runner
 
-    if args.rpc_tracker:
-        tracker = rpc.parse_tracker(args.rpc_tracker, args.rpc_key, args.rpc_timeout)
+    if rpc_tracker:
+        timeout = rpc.DEFAULT_TIMEOUT_S if rpc_timeout is None else rpc_timeout
+        tracker = rpc.parse_tracker(rpc_tracker, rpc_key, timeout)
         found = rpc.probe(tracker, "cuda" if spec.family == "cuda" else "cpu")
         return tracker, found.emulated
     if not runner.runs_here(spec):
-        raise UserError(f"target {spec.name} runs on {spec.description}, not on this {targets.host_machine()} "
+        raise UserError(f"target {spec.name} runs on {spec.description}, not on this {host.arch()} "
                         f"machine; attach one with --rpc-tracker HOST:PORT --rpc-key KEY "
                         f"(python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the device)")
     return None, False
@@ -504,9 +561,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmup' else 1}")
-    if args.rpc_key and not args.rpc_tracker:
-        parser.error("--rpc-key needs --rpc-tracker HOST:PORT")
-    peers.select(_peer_names(args.peers))  # an unknown engine fails before the slow part
+    cli.check_rpc_arguments(parser, args)
+    engines_registry.select(_peer_names(args.peers))  # an unknown engine fails before the slow part
 
 
 @cli_entry
@@ -515,13 +571,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    from tvm_shuffle import report_render
-
-    data = make_report(args, argv)
-    for path in report_render.write_all(data, Path(args.out)):
+    result = report(cli.model_source(args), cli.target(args), peers=_peer_names(args.peers), threads=args.threads,
+                    work_dir=args.work_dir, warmup=args.warmup, repeat=args.repeat, rounds=args.rounds,
+                    numerics_inputs=args.numerics_inputs, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                    rpc_timeout=args.rpc_timeout, zoo_table=not args.no_zoo_table, quiet=args.quiet,
+                    input_shape=cli.input_shape(args), shuffle=args.shuffle, weights=args.weights,
+                    command=shlex.join(["python", "-m", "tvm_shuffle.report", *argv]))
+    for path in result.save(args.out):
         print(path)
     return 0
 
+
+cli.make_callable(__name__, report)
 
 if __name__ == "__main__":
     raise SystemExit(main())

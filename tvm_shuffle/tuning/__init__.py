@@ -15,7 +15,6 @@
 * :mod:`.runner` / :mod:`.rpc`: where candidates run (local CPU, or a board or
   GPU behind TVM's RPC tracker, with timeouts);
 * :mod:`.progress` / :mod:`.logs`: the progress bar; MetaSchedule's logs go to files;
-* :mod:`.cuda_codegen`: CUDA device code on machines without a GPU (used by ``build`` too);
 * :mod:`.emulated_device` (+ ``rpc_server.cc``): an aarch64 board emulated with
   qemu behind the tracker, for CI.
 

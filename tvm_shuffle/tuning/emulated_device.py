@@ -14,7 +14,7 @@ and the tuner says so::
         --trials 8 --rpc-tracker 127.0.0.1:9190 --rpc-key arm-emu
 
 Needs Debian's ``g++-aarch64-linux-gnu`` and ``qemu-user``; the aarch64
-runtime is downloaded once (:func:`tvm_shuffle.bundle.fetch_runtime_libs`).
+runtime is downloaded once (:func:`tvm_shuffle.runtime_libs.fetch_runtime_libs`).
 One session at a time, like one board.
 """
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tvm_shuffle import bundle, targets
+from tvm_shuffle import host, runtime_libs, targets
 from tvm_shuffle.errors import UserError, cli_entry
 from tvm_shuffle.tuning import rpc
 
@@ -55,10 +55,10 @@ def server_program() -> Path:
     compiler = targets.require_cross_compiler(spec)
     if shutil.which(spec.emulator[0]) is None:
         raise UserError(f"{spec.emulator[0]} is not installed (apt-get install qemu-user)")
-    libs = bundle.fetch_runtime_libs(ARCH)
+    libs = runtime_libs.fetch_runtime_libs(ARCH)
     tag = hashlib.sha256(SOURCE.read_bytes() + b"".join(p.read_bytes()[:4096] + str(p.stat().st_size).encode()
                                                          for p in libs.values())).hexdigest()[:12]
-    directory = bundle.cache_dir() / "emulated-rpc-server" / tag
+    directory = host.cache_dir() / "emulated-rpc-server" / tag
     program = directory / "rpc_server"
     if program.exists():
         return program

@@ -4,9 +4,8 @@ MetaSchedule times each candidate alone: the same inputs again and again,
 weights hot in cache. In the model a kernel reads what the previous kernel
 just wrote, and weights that other kernels have evicted since the last
 inference. Past a few hundred trials that difference picks candidates that
-win alone and lose in the model: ShuffleNetV2 1.0x tuned with 1000 trials
-here ran 13 % slower than the untuned build while MetaSchedule's sum of
-kernel latencies fell 15 % (``benchmarks/README.md``, *Tuning*).
+win alone and lose in the model (the tuning curves in
+``benchmarks/results/tune_x86_*.md`` show both sums).
 
 So after tuning, the tuned and the untuned library are profiled kernel by
 kernel in the model (:func:`tvm_shuffle.profile.time_calls`, rounds
@@ -23,7 +22,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -139,37 +137,43 @@ def runs_here(spec, device) -> bool:
     return not device.remote and spec.family != "cuda"
 
 
-def build_checked(imported, spec, outcome, out: Path, *, shuffle: str, device,
-                  pick: Path | None = None) -> tuple[Path, Path, list | None]:
-    """The tuned library in ``out`` and the untuned one beside the records, after the model check where it can run.
+def build_from_records(imported, spec, directory: Path, *, shuffle: str):
+    """The model built with the records in ``directory``, as the model check left them (:func:`build_database`)."""
+    from tvm_shuffle import build
 
-    Returns (tuned dir, untuned dir, the kernels that kept their default
-    schedule, or None when the check could not run here). The check profiles
-    MetaSchedule's pick from ``pick`` (default: a fresh temporary directory),
-    never from ``out``: a process that has loaded a library cannot load
+    return build.compile_imported(imported, spec, shuffle=shuffle, database=build_database(directory),
+                                  database_digest=database.digest(directory))
+
+
+def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[object, object, list | None]:
+    """The tuned and the untuned build (:class:`tvm_shuffle.build.Built`), after the model check where it can run.
+
+    Returns (tuned, untuned, the kernels that kept their default schedule,
+    or None when the check could not run here). The check profiles
+    MetaSchedule's pick and the untuned build, each exported to a fresh
+    temporary directory: a process that has loaded a library cannot load
     another one written to the same path (the dynamic loader hands back the
     first).
     """
     from tvm_shuffle import build
 
-    untuned = build.compile_imported(imported, spec, outcome.directory / "untuned", shuffle=shuffle)
+    untuned = build.compile_imported(imported, spec, shuffle=shuffle)
+    pick = build.compile_imported(imported, spec, shuffle=shuffle, database=outcome.database,
+                                  database_digest=outcome.digest)
     if not runs_here(spec, device):
-        build.compile_imported(imported, spec, out, shuffle=shuffle, database=outcome.database,
-                               database_digest=outcome.digest)
-        return out, untuned, None
-    with tempfile.TemporaryDirectory(dir=outcome.directory) as scratch:
-        pick = build.compile_imported(imported, spec, pick or Path(scratch) / "pick", shuffle=shuffle,
-                                      database=outcome.database, database_digest=outcome.digest)
+        return pick, untuned, None
+    with tempfile.TemporaryDirectory(prefix="tvm_shuffle_check_") as scratch:
+        pick_dir = build.write(pick, Path(scratch) / "pick")
+        untuned_dir = build.write(untuned, Path(scratch) / "untuned")
         x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
-        verdicts = check(pick, untuned, outcome.workloads, x, outcome.directory)
-        if verdicts:
-            build.compile_imported(imported, spec, out, shuffle=shuffle,
+        verdicts = check(pick_dir, untuned_dir, outcome.workloads, x, outcome.directory)
+    if not verdicts:
+        return pick, untuned, verdicts
+    tuned = build.compile_imported(imported, spec, shuffle=shuffle,
                                    database=build_database(outcome.directory, outcome.database),
                                    database_digest=outcome.digest)
-        else:
-            shutil.copytree(pick, out, dirs_exist_ok=True)
-    return out, untuned, verdicts
+    return tuned, untuned, verdicts
 
 
 __all__ = ["CHOICE", "MARGIN", "Verdict", "per_kernel_us", "slower_when_tuned", "workload_key", "save",
-           "excluded_workloads", "build_database", "check", "runs_here", "build_checked"]
+           "excluded_workloads", "build_database", "build_from_records", "check", "runs_here", "build_checked"]

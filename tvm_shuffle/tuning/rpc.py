@@ -23,6 +23,7 @@ import threading
 from tvm_shuffle.errors import UserError
 
 DEFAULT_PORT = 9190
+DEFAULT_TIMEOUT_S = 60.0  # for an unreachable tracker, a busy device, a session
 EMULATION_MARKER = "tvm_shuffle.emulated"  # global function our emulated server registers
 
 
@@ -31,7 +32,7 @@ class Tracker:
     host: str
     port: int
     key: str
-    timeout: float = 60.0
+    timeout: float = DEFAULT_TIMEOUT_S
 
     @property
     def address(self) -> str:

@@ -9,18 +9,17 @@ session request that times out (:mod:`tvm_shuffle.tuning.rpc`).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from tvm_shuffle import runtime, targets
+from tvm_shuffle import host
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle.tuning import measurement, rpc
-from tvm_shuffle.tvm_compat import TVM_VERSION, ms, relax, tvm
+from tvm_shuffle.tvm_compat import TVM_VERSION, ms
 
 LOCAL_TIMEOUT_S = 30  # per candidate; the slowest ShuffleNet kernels run in milliseconds
 
@@ -37,10 +36,10 @@ class Device:
 def runs_here(spec: TargetSpec) -> bool:
     """Can this machine execute the spec's code (same CPU architecture, or the GPU is here)?"""
     if spec.family == "cuda":
-        from tvm_shuffle.tuning import cuda_codegen
+        from tvm_shuffle import cuda_codegen
 
         return cuda_codegen.local_gpu()
-    return spec.runtime_arch == targets.host_machine()
+    return spec.runtime_arch == host.arch()
 
 
 def local(spec: TargetSpec) -> Device:
@@ -48,7 +47,7 @@ def local(spec: TargetSpec) -> Device:
     # The runner's worker processes size TVM's thread pool from this: candidates are
     # measured with the threads tvm_shuffle.runtime runs the library with, not TVM's
     # default (half the logical CPUs on x86, one core on a VM without hyper-threading).
-    os.environ.setdefault("TVM_NUM_THREADS", str(runtime.physical_cores()))
+    os.environ.setdefault(host.THREADS_VARIABLE, str(host.physical_cores()))
     runner = ms.runner.LocalRunner(timeout_sec=LOCAL_TIMEOUT_S, evaluator_config=measurement.EVALUATOR,
                                    f_alloc_argument=measurement.local_inputs,
                                    f_run_evaluator=measurement.local_fastest)
@@ -71,26 +70,14 @@ def remote(spec: TargetSpec, tracker: rpc.Tracker) -> Device:
 
 def run_remote(tracker: rpc.Tracker, library: Path, x: np.ndarray, *, gpu: bool = False,
                repeat: int = 10) -> tuple[list[np.ndarray], float]:
-    """Run an exported model on a device over RPC: its outputs for ``x`` and the median seconds per call.
+    """Run an exported model on a device over RPC: its outputs for ``x`` and the median seconds per call."""
+    from tvm_shuffle.tuning.remote import RemoteModel
 
-    The device is held until the session object is collected, and the VM's
-    objects refer to each other: the session is released explicitly, or the
-    board would stay busy until the session timeout.
-    """
-    session = rpc.request_session(tracker)
+    model = RemoteModel(tracker, library, gpu=gpu)
     try:
-        session.upload(str(library), library.name)
-        device = session.cuda(0) if gpu else session.cpu(0)
-        vm = relax.VirtualMachine(session.load_module(library.name), device)
-        vm.set_input("main", tvm.runtime.tensor(x, device))
-        vm.invoke_stateful("main")
-        result = vm.get_outputs("main")
-        outputs = [o.numpy() for o in (result if isinstance(result, (tuple, list)) else [result])]
-        seconds = statistics.median(vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat)("main").results)
+        return model(x), statistics.median(model.times(x, warmup=0, repeat=repeat))
     finally:
-        device = vm = result = session = None
-        gc.collect()
-    return outputs, seconds
+        model.close()
 
 
 def no_device_error(spec: TargetSpec, model_flags: str) -> UserError:
@@ -98,7 +85,7 @@ def no_device_error(spec: TargetSpec, model_flags: str) -> UserError:
     key = spec.name.removeprefix("arm-").removeprefix("cuda-") or spec.name
     what = "an NVIDIA GPU" if spec.family == "cuda" else f"an {spec.runtime_arch} device ({spec.description})"
     return UserError(
-        f"tuning --target {spec.name} measures candidates on {what}, and this {targets.host_machine()} machine "
+        f"tuning --target {spec.name} measures candidates on {what}, and this {host.arch()} machine "
         f"has none. Attach one through TVM's RPC tracker:\n"
         f"  here:       python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {rpc.DEFAULT_PORT}\n"
         f"  on the device (pip install apache-tvm=={TVM_VERSION}):\n"

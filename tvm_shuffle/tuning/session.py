@@ -76,7 +76,7 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if spec.family == "cuda":
-        from tvm_shuffle.tuning import cuda_codegen
+        from tvm_shuffle import cuda_codegen
 
         cuda_codegen.enable_device_code()  # candidates must hold kernels the GPU machine can load
     directory = database.database_dir(work_dir, spec, imported.name, imported.input_shape, shuffle)

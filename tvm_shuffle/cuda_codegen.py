@@ -23,17 +23,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tvm_shuffle import host
 from tvm_shuffle.errors import UserError
 
 CUDA_ERROR_NO_DEVICE = 100
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # 0xBA55ED50, little-endian: start of every fatbin
 PLUGIN = "libtvm_runtime_cuda.so"
 DEFAULT_CUDA_PATH = "/usr/local/cuda"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tvm_shuffle"
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +90,7 @@ def _stub_driver() -> Path:
 
     plugin = Path(tvm.__file__).parent / "lib" / PLUGIN
     symbols = _imported_driver_symbols(plugin)
-    directory = cache_dir() / f"cuda-stub-{tvm.__version__}"
+    directory = host.cache_dir() / f"cuda-stub-{tvm.__version__}"
     stub = directory / "libcuda.so.1"
     if stub.exists():
         return stub
