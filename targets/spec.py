@@ -29,6 +29,8 @@ class TargetSpec:
     emulator: tuple[str, ...] | None = None  # how to run this arch's binaries here, if at all
     default_trials: int = 64  # per-model default; --trials overrides
     trials_per_task: int = 64
+    # TVM PassContext options for the build (``build.build``), e.g. CUDA graphs for GPUs.
+    pass_config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self) -> "TargetSpec":
         """Fill host-detected fields: the x86 ``mcpu``, the local GPU's ``arch``."""

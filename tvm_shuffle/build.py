@@ -192,7 +192,7 @@ def build(mod: "tvm.IRModule", spec: TargetSpec, *, database=None) -> "relax.Exe
     backend = tvm_compat.backend_pipeline(target)
     with contextlib.ExitStack() as stack:
         stack.enter_context(target)  # MetaScheduleApplyDatabase reads the target when it is created
-        stack.enter_context(tvm.transform.PassContext(opt_level=3))
+        stack.enter_context(tvm.transform.PassContext(opt_level=3, config=dict(spec.pass_config)))
         if database is not None:
             stack.enter_context(database)
         pipeline = tvm.transform.Sequential([
