@@ -32,8 +32,9 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
+
+from tvm_shuffle import host
 
 MODES = ("stock", "fused")
 ROUNDS = 8
@@ -67,17 +68,13 @@ def model_cases(everything: bool):
     return [(name, models.build_model(name), (1, 3, 224, 224)) for name in names]
 
 
-def build_variant(imported, spec, out: Path, mode: str, *, trials: int | None, work_dir: Path) -> Path:
-    """The exported library of one variant, tuned with ``trials`` trials first when given (built as ``tune`` does)."""
-    from tvm_shuffle import build
-    from tvm_shuffle.tuning import in_model, runner, session
+def build_variant(imported, spec, mode: str, *, trials: int | None, work_dir: Path):
+    """One variant as a :class:`tvm_shuffle.api.Compiled`, tuned with ``trials`` trials first when given."""
+    import tvm_shuffle as ts
 
     if not trials:
-        return build.compile_imported(imported, spec, out, shuffle=mode)
-    device = runner.local(spec)
-    outcome = session.tune(imported, spec, device=device, work_dir=work_dir / mode, trials=trials,
-                           shuffle=mode, quiet=True, log=lambda message: None)
-    return in_model.build_checked(imported, spec, outcome, out, shuffle=mode, device=device)[0]
+        return ts.compile(imported, spec, shuffle=mode, quiet=True)
+    return ts.tune(imported, spec, trials=trials, work_dir=work_dir / mode, shuffle=mode, progress=False)
 
 
 def measure_case(name, module, shape, spec, repeat: int, *, trials: int | None = None,
@@ -85,35 +82,30 @@ def measure_case(name, module, shape, spec, repeat: int, *, trials: int | None =
     """Build (and tune) both variants, time them in alternating rounds, profile each once."""
     import numpy as np
 
-    from tvm_shuffle import build, frontends, models, passes, profile, runtime
+    from tvm_shuffle import frontends, models, passes, profile
     from tvm_shuffle.schedules import FusionReport, fuse_shuffles
 
     module = models.randomize_batchnorm(module.eval())
     imported = frontends.from_torch_module(module, shape, name=name)
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     row = {"case": name, "input": list(shape)}
-    with tempfile.TemporaryDirectory() as tmp:
-        loaded, lowered = {}, {}
+    compiled = {mode: build_variant(imported, spec, mode, trials=trials, work_dir=work_dir) for mode in MODES}
+    report = FusionReport()
+    fuse_shuffles(passes.optimize(imported.mod, shuffle="stock"), report)
+    row["shuffles"], row["shuffles_fused"] = len(report.shuffles), report.fused
+    times = {mode: [] for mode in MODES}
+    for _ in range(ROUNDS):
         for mode in MODES:
-            out = build_variant(imported, spec, Path(tmp) / mode, mode, trials=trials, work_dir=work_dir)
-            loaded[mode] = (out / build.LIBRARY, runtime.load(out))
-            lowered[mode] = build.lower(passes.optimize(imported.mod, shuffle=mode), spec)
-        report = FusionReport()
-        fuse_shuffles(passes.optimize(imported.mod, shuffle="stock"), report)
-        row["shuffles"], row["shuffles_fused"] = len(report.shuffles), report.fused
-        times = {mode: [] for mode in MODES}
-        for _ in range(ROUNDS):
-            for mode in MODES:
-                times[mode] += loaded[mode][1].benchmark(x, warmup=2, repeat=max(1, repeat // ROUNDS))
-        outputs = [loaded[mode][1](x)[0] for mode in MODES]
-        row["max_abs_diff"] = float(np.abs(outputs[0] - outputs[1]).max())
-        for mode in MODES:
-            rows = profile.profile(loaded[mode][0], lowered[mode], x)
-            moved = [r for r in rows if r.category == profile.DATA_MOVEMENT]
-            row[mode] = {"ms": statistics.median(times[mode]) * 1e3,
-                         "data_moved_us": sum(r.us for r in moved),
-                         "data_moved_share": sum(r.share for r in moved),
-                         "data_kernels": sorted({r.name for r in moved})}
+            times[mode] += compiled[mode].benchmark(x, warmup=2, repeat=max(1, repeat // ROUNDS))
+    outputs = [compiled[mode](x)[0] for mode in MODES]
+    row["max_abs_diff"] = float(np.abs(outputs[0] - outputs[1]).max())
+    for mode in MODES:
+        rows = compiled[mode].profile(x)
+        moved = [r for r in rows if r.category == profile.DATA_MOVEMENT]
+        row[mode] = {"ms": statistics.median(times[mode]) * 1e3,
+                     "data_moved_us": sum(r.us for r in moved),
+                     "data_moved_share": sum(r.share for r in moved),
+                     "data_kernels": sorted({r.name for r in moved})}
     row["speedup"] = row["stock"]["ms"] / row["fused"]["ms"]
     return row
 
@@ -133,7 +125,7 @@ def render(rows, header: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="x86", help="a local CPU target name (default: x86, this host)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TVM_NUM_THREADS for both variants")
+    parser.add_argument("--threads", type=int, default=host.physical_cores(), help="TVM threads for both variants")
     parser.add_argument("--repeat", type=int, default=40, help="timed runs per variant (split into rounds)")
     parser.add_argument("--all", action="store_true", help="every zoo model end to end, not one width per v1 group")
     parser.add_argument("--units-only", action="store_true", help="skip the whole-model rows")
@@ -145,7 +137,7 @@ def main(argv=None) -> int:
     from tvm_shuffle.checkout import require_checkout
 
     require_checkout(Path(__file__).resolve().parents[1])
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    host.export_thread_settings(args.threads)
 
     from tqdm import tqdm
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
 from pathlib import Path
+
+from tvm_shuffle import host
+from tvm_shuffle.defaults import SHUFFLE_MODES
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,10 +65,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="shufflenet_v2_x1_0")
     parser.add_argument("--input-shape", default="1,3,224,224")
     parser.add_argument("--checkpoints", default="64,200,400,800", help="cumulative trial counts to time at")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=host.physical_cores())
     parser.add_argument("--repeat", type=int, default=50, help="calls per engine per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--shuffle", choices=("fused", "stock"), default="fused")
+    parser.add_argument("--shuffle", choices=SHUFFLE_MODES, default=SHUFFLE_MODES[0])
     parser.add_argument("--work-dir", default="work/bench", help="tuning records (resumed if present)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
@@ -75,17 +77,18 @@ def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[1]
     require_checkout(root)
     revision = checkout_revision(root)
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before any TVM runtime is loaded
+    host.export_thread_settings(args.threads)  # before any TVM runtime is loaded
 
     import numpy as np
     import torch
 
-    from tvm_shuffle import build, frontends, models, peers, runtime, targets
-    from tvm_shuffle.tuning import database, in_model, runner, session
+    import tvm_shuffle as ts
+    from tvm_shuffle import frontends, models, peers, targets
+    from tvm_shuffle.tuning import database
     from tvm_shuffle.tvm_compat import TVM_VERSION
 
     spec = targets.get("x86")
-    imported = frontends.from_zoo(args.model, input_shape=frontends.parse_shape(args.input_shape))
+    imported = frontends.import_model(args.model, input_shape=args.input_shape)
     x = np.random.default_rng(0).standard_normal(imported.input_shape).astype("float32")
     scratch = Path(args.work_dir) / "bench-out"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -95,18 +98,17 @@ def main(argv=None) -> int:
                               work_dir=Path(args.work_dir), torch_module=models.build_model(args.model).eval())
     (ort,) = peers.select(["onnxruntime"])
     ort_run = ort.prepare(workload).run
-    untuned = runtime.load(build.compile_imported(imported, spec, scratch / "untuned", shuffle=args.shuffle))
+    untuned = ts.compile(imported, spec, shuffle=args.shuffle, quiet=True)
     print(f"{args.model} {args.input_shape}, {spec.name} {spec.target}, {args.threads} threads", flush=True)
 
-    device = runner.local(spec)
     rows, tuning_s = [], 0.0
     for trials in parse_checkpoints(args.checkpoints):
-        outcome = session.tune(imported, spec, device=device, work_dir=args.work_dir, trials=trials,
-                               shuffle=args.shuffle)
+        try:
+            tuned = ts.tune(imported, spec, trials=trials, work_dir=args.work_dir, shuffle=args.shuffle)
+        except KeyboardInterrupt:
+            break
+        outcome, kept, pick = tuned.tuning.outcome, tuned.tuning.kept_default, tuned.tuning.pick
         tuning_s += outcome.seconds
-        out, _, kept = in_model.build_checked(imported, spec, outcome, scratch / f"tuned-{trials}",
-                                              shuffle=args.shuffle, device=device, pick=scratch / f"pick-{trials}")
-        tuned, pick = runtime.load(out), runtime.load(scratch / f"pick-{trials}")
         ms_, per_round = interleaved_ms({"tuned": lambda a: tuned(a), "pick": lambda a: pick(a),
                                          "untuned": lambda a: untuned(a), "onnxruntime": ort_run},
                                         x, rounds=args.rounds, repeat=args.repeat)
@@ -122,8 +124,6 @@ def main(argv=None) -> int:
               f"({len(kept)} of {len(outcome.workloads)} kernels kept their default schedule), MetaSchedule's pick "
               f"{ms_['pick']:.2f} ms, untuned {ms_['untuned']:.2f} ms, ONNX Runtime {ms_['onnxruntime']:.2f} ms "
               f"-> tuned/ORT {rows[-1]['tuned_vs_ort']:.2f} (rounds {_span(rows[-1]['tuned_vs_ort_rounds'])})", flush=True)
-        if outcome.interrupted:
-            break
 
     table = ["| trials | tuning (min) | tuned TVM (ms) | kernels kept default | MetaSchedule's pick (ms) "
              "| untuned TVM (ms) | ONNX Runtime (ms) | tuned / ORT | tuned / ORT per round "

@@ -45,11 +45,16 @@ from tvm_shuffle.targets import TargetSpec
 
 @dataclasses.dataclass
 class Tuning:
-    """What :func:`tune` did: the run's outcome, where it measured, the in-model check, the untuned build."""
+    """What :func:`tune` did: the run's outcome, where it measured, the in-model check, the other builds.
+
+    ``pick`` has every kernel MetaSchedule picked (before the in-model check
+    let some keep their default schedule); ``untuned`` has none.
+    """
 
     outcome: Any  # tvm_shuffle.tuning.session.Outcome
     device: Any  # tvm_shuffle.tuning.runner.Device
     kept_default: list | None  # in-model verdicts; None when the check could not run here
+    pick: "Compiled"
     untuned: "Compiled"
 
 
@@ -167,7 +172,7 @@ def resolve_target(target: str | TargetSpec) -> TargetSpec:
         spec = targets.get(target)
     else:
         raise UserError(f"target must be a preset name ({', '.join(targets.names())}) or a TargetSpec, "
-                        f"not a {type(target).__name__}")
+                        f"not {type(target).__name__} {target!r}")
     targets.require_cross_compiler(spec)
     return spec
 
@@ -228,7 +233,7 @@ def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, 
     directory = records_dir(imported, spec, work_dir, shuffle)
     records = directory / database.RECORDS
     if not records.is_file() or not records.read_bytes().strip():
-        raise MissingRecords(f"no tuning records for {imported.name} on {spec.name} in {directory}")
+        raise MissingRecords(f"no tuning database in {directory} (records of {imported.name} on {spec.name})")
     built = in_model.build_from_records(imported, spec, directory, shuffle=shuffle)
     return Compiled(built, imported, records={"database": str(directory), "trials": database.own_trials(directory)})
 
@@ -284,8 +289,10 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
         raise Interrupted(f"interrupted: every measured record is kept in {outcome.directory}; "
                           "run the same command again to resume")
     _log(False, "building the tuned library, then checking its kernels in the model")
-    tuned, untuned, kept_default = in_model.build_checked(imported, spec, outcome, shuffle=shuffle, device=device)
-    return Compiled(tuned, imported, tuning=Tuning(outcome, device, kept_default, Compiled(untuned, imported)))
+    tuned, pick, untuned, kept_default = in_model.build_checked(imported, spec, outcome, shuffle=shuffle,
+                                                                device=device)
+    tuning = Tuning(outcome, device, kept_default, Compiled(pick, imported), Compiled(untuned, imported))
+    return Compiled(tuned, imported, tuning=tuning)
 
 
 def end_to_end_ms(compiled: Compiled, *, x: np.ndarray | None = None, device=None) -> float | None:

@@ -230,7 +230,7 @@ def import_model(model, *, input_shape: Sequence[int] | None = None, example_inp
     onnx = sys.modules.get("onnx")
     if onnx is not None and isinstance(model, onnx.ModelProto):
         return from_onnx_model(model, name=model.graph.name or "model", input_shape=input_shape)
-    raise UserError(f"cannot compile a {type(model).__name__}: give a zoo model name, a .onnx or .pt2 path, a "
+    raise UserError(f"cannot compile {type(model).__name__} {model!r:.60}: give a zoo model name, a .onnx or .pt2 path, a "
                     "torch.nn.Module, a torch.export.ExportedProgram or an onnx.ModelProto")
 
 

@@ -145,11 +145,12 @@ def build_from_records(imported, spec, directory: Path, *, shuffle: str):
                                   database_digest=database.digest(directory))
 
 
-def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[object, object, list | None]:
-    """The tuned and the untuned build (:class:`tvm_shuffle.build.Built`), after the model check where it can run.
+def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[object, object, object, list | None]:
+    """The tuned, MetaSchedule's pick and the untuned build (:class:`tvm_shuffle.build.Built`), after the model check.
 
-    Returns (tuned, untuned, the kernels that kept their default schedule,
-    or None when the check could not run here). The check profiles
+    Returns (tuned, pick, untuned, the kernels that kept their default
+    schedule, or None when the check could not run here; then tuned is the
+    pick). The check profiles
     MetaSchedule's pick and the untuned build, each exported to a fresh
     temporary directory: a process that has loaded a library cannot load
     another one written to the same path (the dynamic loader hands back the
@@ -161,18 +162,18 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[obj
     pick = build.compile_imported(imported, spec, shuffle=shuffle, database=outcome.database,
                                   database_digest=outcome.digest)
     if not runs_here(spec, device):
-        return pick, untuned, None
+        return pick, pick, untuned, None
     with tempfile.TemporaryDirectory(prefix="tvm_shuffle_check_") as scratch:
         pick_dir = build.write(pick, Path(scratch) / "pick")
         untuned_dir = build.write(untuned, Path(scratch) / "untuned")
         x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
         verdicts = check(pick_dir, untuned_dir, outcome.workloads, x, outcome.directory)
     if not verdicts:
-        return pick, untuned, verdicts
+        return pick, pick, untuned, verdicts
     tuned = build.compile_imported(imported, spec, shuffle=shuffle,
                                    database=build_database(outcome.directory, outcome.database),
                                    database_digest=outcome.digest)
-    return tuned, untuned, verdicts
+    return tuned, pick, untuned, verdicts
 
 
 __all__ = ["CHOICE", "MARGIN", "Verdict", "per_kernel_us", "slower_when_tuned", "workload_key", "save",
