@@ -149,3 +149,17 @@ def test_report_rejects_bad_settings_before_measuring(tiny_module):
         ts.report(tiny_module, input_shape=(1, 3, 16, 16), peers=["tensorrt"])
     with pytest.raises(ts.UserError, match="repeat must be at least 1"):
         ts.report(tiny_module, input_shape=(1, 3, 16, 16), repeat=0)
+
+
+def test_readme_api_snippet_runs(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"<!-- snippet:api -->\s*```python\n(.*?)```\s*<!-- /snippet:api -->", readme, re.S)
+    assert section, "README.md lacks the <!-- snippet:api --> block (section 'Python API')"
+    done = subprocess.run([sys.executable, "-c", section.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "slowest kernel: fused_" in done.stdout
+    assert (tmp_path / "out" / "api" / "manifest.json").is_file()
