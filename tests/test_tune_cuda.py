@@ -55,12 +55,13 @@ def test_tuning_candidates_for_cuda_hold_device_code(tiny_onnx, tmp_path):
         assert cuda_codegen.has_device_code(result.artifact_path)
 
 
-def test_a_kernel_one_gpu_rule_cannot_handle_goes_to_the_next():
-    """dlight's GEMV rule asserts on a depthwise conv of a 1x1 plane (ShuffleNetV2 0.5x's stage 4 at 32x32)."""
+def test_a_depthwise_conv_of_a_1x1_plane_builds_to_device_code(tmp_path):
+    """ShuffleNetV2 0.5x's stage 4 at 32x32: a depthwise conv on a 1x1 plane, which dlight's GEMV rule rejects."""
     import torch
 
-    from tvm_shuffle import build, frontends, passes, targets
+    from tvm_shuffle import api, frontends
 
     depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
     imported = frontends.from_torch_module(depthwise.eval(), (1, 8, 1, 1))
-    assert build.build(passes.optimize(imported.mod), targets.get("cuda-sm_80")) is not None
+    out = api.compile(imported, "cuda-sm_80", quiet=True).save(tmp_path / "cuda")
+    assert cuda_codegen.has_device_code(out / "model.so")

@@ -70,7 +70,7 @@ def _shallow_stack(context: int = 1) -> list:
     TVMScript's decorators call ``inspect.stack()`` for every function they
     parse; its ``getmodule`` scans all of ``sys.modules`` per frame, so with
     PyTorch loaded, importing TVM's tensor intrinsics (hundreds of
-    ``@T.prim_func``) took 140 s here. The parser reads only frames and
+    ``@T.prim_func``) takes minutes. The parser reads only frames and
     source lines, which ``linecache`` gives directly.
     """
     import inspect

@@ -103,10 +103,9 @@ class KeepPackedLayout(ms.postproc.PyPostproc):
     ``RewriteLayout`` takes that block for a cache read and applies the 5-D
     layout it suggests to the block's 4-D input, which fails an internal
     check that MetaSchedule does not catch: the evolutionary search, which
-    replays our measured defaults, then stopped the whole tuning run
-    (ShuffleNetV2 1.0x on Zen 5, where the 7x7 convolutions' tiles of 8
-    channels divide the weights evenly; with tiles that do not, the
-    suggestion is withheld and nothing failed). The packing is already the
+    replays our measured defaults, would stop the whole tuning run. (It
+    suggests a layout only when the tiles divide the weights evenly, as the
+    7x7 convolutions' tiles of 8 channels do.) The packing is already the
     one the schedule's tiles read, so there is nothing left to rewrite.
     """
 

@@ -374,8 +374,8 @@ inline int default_threads() {
 
 inline void export_thread_settings(int threads) {
   setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1);
-  // TVM pins each worker to a core; a launch then waits whenever another process holds that core
-  // (168 ms instead of 11 for ShuffleNetV2 with one of two vCPUs busy). 0 = keep the app's choice.
+  // TVM pins each worker to a core; a launch then waits whenever another process holds that core,
+  // which on a busy machine costs far more than pinning gains. 0 = keep the app's choice.
   setenv("TVM_BIND_THREADS", "0", 0);
 }
 
