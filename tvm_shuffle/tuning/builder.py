@@ -2,8 +2,8 @@
 
 TVM's ``LocalBuilder`` starts a fresh pool of worker processes for every batch,
 and every worker imports ``tvm.s_tir.tensor_intrin`` (TVMScript parsing) inside
-the timed build: 17-28 s on our 2-core machines, against a 30 s timeout, so
-tuning stalls (see ../shared/notes/tvm-0.27-field-notes.md). Here the import
+the timed build: on 2 cores that takes most of the 30 s timeout, so tuning
+stalls (see ../shared/notes/tvm-0.27-field-notes.md). Here the import
 happens once, when the first ``TuneContext`` is made, and each batch is
 compiled by a few threads of this process (TVM's compiler runs in C++ and
 the linker is a subprocess, so threads overlap). Every candidate is linked
@@ -11,8 +11,8 @@ into a shared library, with the target's cross-compiler when it has one, so a
 local runner and an RPC server on a board without a compiler both load it as is.
 
 A candidate whose compile runs past ``timeout_s`` is a failed build: LLVM
-took over 10 minutes on one MetaSchedule candidate of the stem convolution,
-and tuning waited on it. A thread cannot be stopped, so that compile is left
+can spend many minutes on one candidate with a huge unrolled body, and
+tuning would wait on it. A thread cannot be stopped, so that compile is left
 to finish on a daemon thread (``BuildStats.abandoned``) while tuning goes on.
 A tuning run waits for such compiles before it returns, since what comes
 next is timed, and so does the process at exit: the C++ teardown that follows
