@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     from tvm_shuffle import targets
     from tvm_shuffle.tvm_compat import TVM_VERSION
 
-    spec = targets.get(args.target).resolve()
+    spec = targets.get(args.target)
     cases = [c for c in unit_cases() + ([] if args.units_only else model_cases(args.all)) if args.only in c[0]]
     rows = [measure_case(*case, spec, args.repeat, trials=args.trials, work_dir=Path(args.work_dir))
             for case in tqdm(cases, desc="benchmark", unit="case")]

@@ -15,7 +15,7 @@ import shutil
 from typing import Any, Mapping
 
 from tvm_shuffle.errors import UserError, unknown_name
-from tvm_shuffle.targets.spec import TargetSpec
+from tvm_shuffle.targets.spec import HOST_CPU, LOCAL_GPU, TargetSpec
 from tvm_shuffle.targets import arm, cuda, x86
 
 TARGETS: dict[str, TargetSpec] = {}
@@ -39,7 +39,16 @@ def get(name: str) -> TargetSpec:
     spec = TARGETS.get(ALIASES.get(name, name))
     if spec is None:
         raise unknown_name("target", name, names())
-    return spec.resolve()
+    return resolve(spec)
+
+
+def resolve(spec: TargetSpec) -> TargetSpec:
+    """Fill the fields detected on this machine: the x86 ``mcpu`` (:data:`HOST_CPU`), the local GPU's ``arch``."""
+    if spec.target.get("mcpu") == HOST_CPU:
+        return dataclasses.replace(spec, target={**spec.target, "mcpu": x86.detect_host_cpu()})
+    if spec.target.get("arch") == LOCAL_GPU:
+        return dataclasses.replace(spec, target={**spec.target, "arch": cuda.detect_local_arch()})
+    return spec
 
 
 def load_target_file(path: str | os.PathLike) -> TargetSpec:
@@ -51,7 +60,7 @@ def load_target_file(path: str | os.PathLike) -> TargetSpec:
         raise UserError(f"target file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"target file {path} is not valid JSON: {err}") from None
-    return spec_from_dict(data, source=str(path)).resolve()
+    return resolve(spec_from_dict(data, source=str(path)))
 
 
 def spec_from_dict(data: Mapping[str, Any], *, source: str = "target file") -> TargetSpec:
@@ -78,5 +87,5 @@ def require_cross_compiler(spec: TargetSpec) -> str | None:
     return path
 
 
-__all__ = ["TARGETS", "ALIASES", "TargetSpec", "get", "names", "load_target_file", "spec_from_dict",
+__all__ = ["TARGETS", "ALIASES", "TargetSpec", "get", "resolve", "names", "load_target_file", "spec_from_dict",
            "require_cross_compiler"]

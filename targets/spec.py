@@ -32,18 +32,6 @@ class TargetSpec:
     # TVM PassContext options for the build (``build.build``), e.g. CUDA graphs for GPUs.
     pass_config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def resolve(self) -> "TargetSpec":
-        """Fill host-detected fields: the x86 ``mcpu``, the local GPU's ``arch``."""
-        if self.target.get("mcpu") == HOST_CPU:
-            from tvm_shuffle.targets.x86 import detect_host_cpu
-
-            return dataclasses.replace(self, target={**self.target, "mcpu": detect_host_cpu()})
-        if self.target.get("arch") == LOCAL_GPU:
-            from tvm_shuffle.targets.cuda import detect_local_arch
-
-            return dataclasses.replace(self, target={**self.target, "arch": detect_local_arch()})
-        return self
-
     def tvm_target(self):
         from tvm_shuffle import tvm_compat
 

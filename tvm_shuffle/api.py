@@ -167,7 +167,7 @@ def load(path: str | os.PathLike, *, threads: int | None = None) -> runtime.Mode
 def resolve_target(target: str | TargetSpec) -> TargetSpec:
     """A preset name (or alias) or a spec, resolved for this machine; its cross-compiler must be installed."""
     if isinstance(target, TargetSpec):
-        spec = target.resolve()
+        spec = targets.resolve(target)
     elif isinstance(target, str):
         spec = targets.get(target)
     else:
