@@ -17,6 +17,7 @@ from tvm_shuffle import host, targets
 from tvm_shuffle import tune as tune_cli
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.tuning import database, in_model, rpc, runner, search
+from tvm_shuffle.tuning.lock import RecordsLock
 
 MODEL = ["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32"]
 
@@ -109,25 +110,24 @@ def write_lines(path, lines: list[str], *, final_newline: bool = True) -> None:
     path.write_text("\n".join(lines) + ("\n" if final_newline else ""))
 
 
-def test_corrupt_record_line_is_an_error_naming_the_file(tmp_path):
+def test_a_records_file_with_no_readable_line_is_refused_by_name(tmp_path):
+    """Its records refer to a workload file that is gone: nothing can be kept, so nothing is touched.
+
+    A file with some readable lines keeps them and sets the rest aside (tests/test_records.py).
+    """
     write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]', "garbage{", '[0, [[], [2e-05]]]'])
-    with pytest.raises(UserError, match=rf"{database.RECORDS} is corrupt at line 2"):
-        database.open_database(tmp_path)
+    with RecordsLock.acquire(tmp_path) as held, \
+            pytest.raises(UserError, match=rf"{database.RECORDS} is corrupt: none of its 3 lines is readable"):
+        database.open_database(tmp_path, lock=held)
     assert "garbage{" in (tmp_path / database.RECORDS).read_text()  # left as it was: nothing is thrown away
-
-
-def test_partial_last_line_from_a_killed_write_is_dropped(tmp_path, capsys):
-    write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]', '[0, [[], [2e-0'], final_newline=False)
-    database.check_lines(tmp_path / database.RECORDS)
-    assert (tmp_path / database.RECORDS).read_text() == '[0, [[], [1e-05]]]\n'
-    assert "dropped a partly written record" in capsys.readouterr().err
 
 
 def test_structurally_invalid_database_is_an_error_naming_the_files(tmp_path):
     write_lines(tmp_path / database.WORKLOADS, ['["123", "not base64 of a module"]'])
     write_lines(tmp_path / database.RECORDS, ['[0, [[], [1e-05]]]'])
-    with pytest.raises(UserError, match=r"tuning database in .* is corrupt .*database_workload.json"):
-        database.open_database(tmp_path)
+    with RecordsLock.acquire(tmp_path) as held, \
+            pytest.raises(UserError, match=r"tuning database file .*database_workload.json is corrupt"):
+        database.open_database(tmp_path, lock=held)
 
 
 def test_corrupt_state_file_is_an_error(tmp_path):
