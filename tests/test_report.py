@@ -282,7 +282,7 @@ def test_no_database_points_to_the_tune_command(tmp_path, capsys):
     (["--model", "shufflenet_v2_x0_5", "--target", "x87"], "unknown target 'x87'"),
     (["--model", "shufflenet_v2_x0_5", "--target", "x86", "--peers", "tensorrt"], "unknown engine 'tensorrt'"),
     (["--onnx", "/nonexistent.onnx", "--target", "x86"], "ONNX model not found"),
-    (["--model", "shufflenet_v2_x0_5", "--target", "arm"], "attach one with --rpc-tracker"),
+    (["--model", "shufflenet_v2_x0_5", "--target", "cuda"], "attach one with --rpc-tracker"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     assert report.main([*argv, "--out", str(tmp_path), "--quiet"]) == 2

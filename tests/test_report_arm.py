@@ -39,3 +39,23 @@ def test_report_on_the_emulated_arm_board(emulated_arm_tracker, tmp_path):
     assert rows["pytorch"]["status"] == rows["onnxruntime"]["status"] == "not run"
     markdown = next(tmp_path.glob("*.md")).read_text()
     assert "EMULATED aarch64 device" in markdown and "timings say nothing about real hardware" in markdown
+
+
+def test_report_without_a_board_checks_the_generated_code(tmp_path):
+    code = report.main(["--model", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32", "--target", "arm-rpi4",
+                        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path), "--no-zoo-table",
+                        "--peers", "tvm_shuffle-untuned,pytorch", "--quiet"])
+    assert code == 0
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {r["status"] for r in data["engines"]} == {"not run"}
+    static = data["static_check"]
+    assert static["arm_target"]["name"] == "arm-rpi4" and "not a measurement" in static["method"]
+    convs = [r for r in static["rows"] if "conv2d" in r["kernel"]]
+    assert convs and all(r["arm_found"] and r["x86_found"] for r in convs)
+    assert any(r["arm_vector_fma"] > 0 for r in convs)  # NEON FMAs, counted from the disassembly
+    assert static["flagged"] == [r["kernel"] for r in static["rows"]
+                                 if r["arm_inner_spills"] or r["arm_inner_scalar_fma"]]
+    markdown = next(tmp_path.glob("*.md")).read_text()
+    assert "## Static code check of the kernels (no device" in markdown and "| spills |" in markdown
+    assert next(tmp_path.glob("*_static.csv")).read_text().startswith("kernel,")
+    assert "Static code check" in next(tmp_path.glob("*.html")).read_text()

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvm_shuffle import api, cli, defaults, host, machine, targets
+from tvm_shuffle import api, cli, defaults, host, machine, static_check, targets
 from tvm_shuffle import peers as engines_registry
 from tvm_shuffle.errors import UserError, cli_entry
 from tvm_shuffle.frontends import Imported, import_model
@@ -419,6 +419,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
     calls cut into ``rounds``, each round after ``warmup`` untimed calls.
     ``command`` is what the report says made it (default: this call).
     """
+    from tvm_shuffle.tuning import runner
+
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if threads is not None and threads < 1 or numerics_inputs < 1:
         raise UserError("threads and numerics_inputs must be at least 1")
@@ -442,17 +444,25 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
                                       rpc_tracker=rpc_tracker, rpc_key=rpc_key))
         inputs = random_inputs(imported.input_shape, imported.input_dtype, numerics_inputs)
         round_count = len(round_sizes(timing.repeat, timing.rounds))
-        log(f"measuring {len(engines)} engines on {imported.name} {'x'.join(map(str, imported.input_shape))}, "
-            f"{threads_used} threads, {timing.repeat} timed runs each in {round_count} rounds, {timing.warmup} warm-up "
-            "runs before each")
-        reference_name, reference = reference_outputs(workload, inputs)
-        rows = measure_engines(engines, workload, inputs, reference, timing, quiet=quiet)
-        for row in rows:
-            log(f"  {row['label']}: " + (f"{row['median_ms']:.3f} ms (rounds: "
-                                          f"{', '.join(f'{t:.3f}' for t in row['rounds_ms'])})"
-                                          if row["status"] == "ok" else row["reason"]))
-        peaks = machine.measure_peaks(threads_used)
-        kernels = kernel_profile(workload, rows, inputs[0], peaks, log)
+        static = None
+        if tracker is None and not runner.runs_here(spec):  # a board's code, checked without the board
+            reference_name, peaks = None, {}
+            rows = [_row(engine, "not run", _no_device_reason(spec)) for engine in engines]
+            static = static_check.analyze(imported, spec, workload.scratch / "static", shuffle=shuffle, log=log)
+            kernels = {"note": f"no {spec.runtime_arch} device attached, so nothing was timed: the static code "
+                               "check below reads the generated machine code instead", "rows": []}
+        else:
+            log(f"measuring {len(engines)} engines on {imported.name} {'x'.join(map(str, imported.input_shape))}, "
+                f"{threads_used} threads, {timing.repeat} timed runs each in {round_count} rounds, "
+                f"{timing.warmup} warm-up runs before each")
+            reference_name, reference = reference_outputs(workload, inputs)
+            rows = measure_engines(engines, workload, inputs, reference, timing, quiet=quiet)
+            for row in rows:
+                log(f"  {row['label']}: " + (f"{row['median_ms']:.3f} ms (rounds: "
+                                              f"{', '.join(f'{t:.3f}' for t in row['rounds_ms'])})"
+                                              if row["status"] == "ok" else row["reason"]))
+            peaks = machine.measure_peaks(threads_used)
+            kernels = kernel_profile(workload, rows, inputs[0], peaks, log)
         curve = tuning_curve(workload)
     for row in rows:
         row.pop("compiled", None)
@@ -488,6 +498,7 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
         "speedups": speedups(rows),
         "speedup_ranges": speedup_ranges(rows),
         "profile": kernels,
+        "static_check": static,
         "tuning": curve,
         "models": zoo,
     })
@@ -542,11 +553,16 @@ def _remote(spec: targets.TargetSpec, rpc_tracker: str | None, rpc_key: str | No
         tracker = rpc.parse_tracker(rpc_tracker, rpc_key, timeout)
         found = rpc.probe(tracker, "cuda" if spec.family == "cuda" else "cpu")
         return tracker, found.emulated
-    if not runner.runs_here(spec):
+    if not runner.runs_here(spec) and spec.family == "cuda":
         raise UserError(f"target {spec.name} runs on {spec.description}, not on this {host.arch()} "
                         f"machine; attach one with --rpc-tracker HOST:PORT --rpc-key KEY "
                         f"(python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the device)")
     return None, False
+
+
+def _no_device_reason(spec: targets.TargetSpec) -> str:
+    return (f"no {spec.runtime_arch} device attached (--rpc-tracker HOST:PORT --rpc-key KEY runs the tvm_shuffle "
+            "rows on a board); the static code check stands in for the per-kernel profile")
 
 
 def _progress(total: int, quiet: bool):

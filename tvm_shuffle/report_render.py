@@ -15,6 +15,7 @@ import string
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from tvm_shuffle import static_check
 from tvm_shuffle.errors import UserError
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
@@ -167,6 +168,8 @@ def render_markdown(data: dict) -> str:
             "brackets the lowest and highest ratio of the timing rounds, each of which timed every engine once).", ""]
     out += [speedup_markdown(data), ""]
     out += ["## Per-kernel profile", "", kernel_markdown(data, m), ""]
+    if data.get("static_check"):
+        out += [static_check.markdown(data["static_check"]["rows"], arm_label=data["target"]["name"]), ""]
     out += ["## Latency versus tuning trials", "", tuning_markdown(data), ""]
     if data["models"]:
         out += ["## Model zoo: MACs and parameters", "", "Measured from each model at 1x3x224x224 (multiply-adds of "
@@ -506,6 +509,23 @@ def kernel_section(data: dict) -> str:
     return head + shares + bars + table
 
 
+def static_section(data: dict) -> str:
+    """The static code check of a board's build (reports made without the board), as an HTML table."""
+    static = data.get("static_check")
+    if not static:
+        return ""
+    rows = static["rows"]
+    columns = static_check.MARKDOWN_COLUMNS
+    body = [(r["kernel"], fmt(r.get("calls"), 0), fmt(r["flops"] / 1e6 if r.get("flops") else None, 2),
+             *(static_check.pair_cell(r, key) for _, key in columns), "; ".join(r["flags"]) or "ok") for r in rows]
+    table = html_table(("kernel", "calls", "MFLOP", *(title for title, _ in columns), "flags"), body, left=1)
+    flagged = static["flagged"]
+    return (f'<h3>Static code check of the kernels ({_e(data["target"]["name"])}, no device)</h3>'
+            f'<p class="note">A {_e(static["method"])}. Counts of each kernel\'s hottest innermost loop as '
+            f'<code>aarch64 / x86-64</code>. {len(flagged)} of {len(rows)} kernels flagged (a stack spill or a '
+            f'scalar FMA in an innermost loop).</p>' + table)
+
+
 def _short(name: str, limit: int = 44) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
@@ -548,7 +568,7 @@ def render_html(data: dict) -> str:
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=_e(title(data)), subtitle=_e(subtitle(data)), setup=f'<dl class="facts">{facts}</dl>',
         latency_chart=latency_chart(data), engine_table=engine_table(data), speedup_table=speedup_table(data),
-        kernel_section=kernel_section(data), tuning_section=tuning_section(data),
+        kernel_section=kernel_section(data) + static_section(data), tuning_section=tuning_section(data),
         model_table=model_table_html(data), versions=versions)
 
 
@@ -572,6 +592,10 @@ def write_all(data: dict, out_dir: Path) -> list[Path]:
     ]
     if data["models"]:
         paths.append(write_csv(stem.with_name(stem.name + "_models.csv"), MODEL_CSV_COLUMNS, data["models"]))
+    if data.get("static_check"):
+        rows = [{**r, "flags": "; ".join(r["flags"])} for r in data["static_check"]["rows"]]
+        paths.append(write_csv(stem.with_name(stem.name + "_static.csv"), list(dict.fromkeys(k for r in rows for k in r)),
+                               rows))
     paths.append(stem.with_name(stem.name + ".md"))
     paths[-1].write_text(render_markdown(data), encoding="utf-8")
     paths.append(stem.with_name(stem.name + ".html"))

@@ -361,7 +361,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _pair(row: Mapping[str, Any], key: str) -> str:
+def pair_cell(row: Mapping[str, Any], key: str) -> str:
     """``arm / x86`` of one column."""
     arm = _cell(row.get(f"arm_{key}")) if row.get("arm_found") else "not found"
     if "x86_found" not in row:
@@ -395,7 +395,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], *, arm_label: str = "aarch64", x
     ]
     for r in rows:
         mflop = f"{r['flops'] / 1e6:.2f}" if r.get("flops") else "–"
-        cells = [_pair(r, key) for _, key in MARKDOWN_COLUMNS]
+        cells = [pair_cell(r, key) for _, key in MARKDOWN_COLUMNS]
         lines.append(f"| `{r['kernel']}` | {_cell(r.get('calls'))} | {mflop} | " + " | ".join(cells)
                      + f" | {'; '.join(r['flags']) or 'ok'} |")
     return "\n".join(lines) + "\n"
