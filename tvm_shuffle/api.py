@@ -148,10 +148,13 @@ class Compiled:
         lowered = build.lower(self._built.mod, self.spec)
         return profile.profile(self.library(), lowered, self._input(x), runs=runs or profile.DEFAULT_RUNS)
 
+    def random_input(self, seed: int = 0) -> np.ndarray:
+        """A seeded standard-normal input of the model's shape and dtype (64-byte aligned, as kernels want)."""
+        rng = np.random.default_rng(seed)
+        return runtime.aligned_copy(rng.standard_normal(self.input_shape).astype(self.input_dtype))
+
     def _input(self, x: np.ndarray | None) -> np.ndarray:
-        if x is not None:
-            return x
-        return runtime.aligned_copy(np.random.default_rng(0).standard_normal(self.input_shape).astype(self.input_dtype))
+        return self.random_input() if x is None else x
 
     def __repr__(self) -> str:
         tuned = "tuned" if self._built.manifest.get("tuned") else "untuned"
@@ -300,7 +303,8 @@ def end_to_end_ms(compiled: Compiled, *, x: np.ndarray | None = None, device=Non
     if device is not None and device.remote:
         from tvm_shuffle.tuning import runner
 
-        _, seconds = runner.run_remote(device.tracker, compiled.library(), compiled._input(x),
+        _, seconds = runner.run_remote(device.tracker, compiled.library(),
+                                       compiled.random_input() if x is None else x,
                                        gpu=compiled.spec.family == "cuda")
         return seconds * 1e3
     if not compiled.runs_here:
