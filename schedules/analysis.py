@@ -7,12 +7,18 @@ which kind, before it transforms anything.
 
 from __future__ import annotations
 
-import os
+from typing import NamedTuple
 
 from tvm_shuffle.tvm_compat import Schedule, arith, tir
 
-# TVM_SHUFFLE_DEBUG_SCHEDULES=1: a rule that fails raises instead of leaving the kernel unscheduled.
-DEBUG = bool(os.environ.get("TVM_SHUFFLE_DEBUG_SCHEDULES"))
+
+class ConvShape(NamedTuple):
+    """One NCHW convolution found by :func:`conv_shape`: its blocks and its kind."""
+
+    conv: object  # the reduction block
+    producers: list  # spatial blocks before it (padding, gathers, copies)
+    epilogue: list  # elementwise blocks after it (bias add, ReLU, a crop)
+    kind: str  # "pointwise", "depthwise" or "windowed"
 
 
 def child_blocks(sch: Schedule):
@@ -32,8 +38,8 @@ def vars_in(expr) -> list:
     return list(tir.analysis.undefined_vars(expr))
 
 
-def conv_shape(sch: Schedule):
-    """(conv block, spatial producers, epilogue blocks, kind) or None if this is not one NCHW convolution.
+def conv_shape(sch: Schedule) -> ConvShape | None:
+    """The :class:`ConvShape` of ``sch``'s function, or None if it is not one NCHW convolution.
 
     ``kind`` is "pointwise" (1x1, stride 1: the pixels of an input plane are
     the pixels of the output), "depthwise" (each output channel reads one
@@ -56,11 +62,7 @@ def conv_shape(sch: Schedule):
     if any(is_reduction(sch, b) for b in producers + epilogue):
         return None
     y, x = iters[2].var, iters[3].var
-    # Reduction axes of extent 1 (a 1x1 kernel's ry, rx) index nothing.
-    analyzer = arith.Analyzer()
-    for iv in iters[4:]:
-        if int(iv.dom.extent) == 1:
-            analyzer.bind(iv.var, iv.dom.min)
+    analyzer = _unit_iters_bound(node)
     wide = [iv.var for iv in iters[4:] if int(iv.dom.extent) > 1]
     data_reads = []
     for read in node.reads:
@@ -75,7 +77,38 @@ def conv_shape(sch: Schedule):
     depthwise = not pointwise and not any(v.same_as(w) for index in data_reads for v in vars_in(index[1])
                                           for w in wide)
     kind = "pointwise" if pointwise else "depthwise" if depthwise else "windowed"
-    return conv, producers, epilogue, kind
+    return ConvShape(conv, producers, epilogue, kind)
+
+
+def _unit_iters_bound(block) -> "arith.Analyzer":
+    """An analyzer that knows the block's reduction axes of extent 1 (a 1x1 kernel's ry, rx), which index nothing."""
+    analyzer = arith.Analyzer()
+    for iv in block.iter_vars:
+        if iv.iter_type == tir.IterVar.CommReduce and int(iv.dom.extent) == 1:
+            analyzer.bind(iv.var, iv.dom.min)
+    return analyzer
+
+
+def is_einsum(sch: Schedule, block) -> bool:
+    """Whether every buffer ``block`` reads or writes is indexed by plain iterators and constants, once each.
+
+    That is the form ``pad_einsum`` pads: a convolution that indexes its
+    input channel through group or shuffle arithmetic (``(o // 8) * 8 + rc``)
+    is not. Reduction axes of extent 1 count as their constant.
+    """
+    node = sch.get(block)
+    analyzer = _unit_iters_bound(node)
+    regions = [*node.reads, *node.writes]
+    if len({r.source for r in regions}) != len(regions):
+        return False
+    for region in regions:
+        for axis in region.region:
+            if not (isinstance(axis.extent, tir.IntImm) and int(axis.extent) == 1):
+                return False
+            index = analyzer.simplify(axis.min)
+            if not isinstance(index, (tir.Var, tir.IntImm)):
+                return False
+    return True
 
 
 def is_var(expr, var) -> bool:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from tvm_shuffle.schedules.analysis import DEBUG, child_blocks, conv_shape, inline_epilogue, is_reduction, iter_extents
+from tvm_shuffle.schedules.analysis import (ConvShape, child_blocks, conv_shape, inline_epilogue, is_einsum,
+                                            is_reduction, iter_extents)
 from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
 from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
 
@@ -50,53 +51,61 @@ class Conv2dNCHW(dlight.ScheduleRule):
     def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
         if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
             return None
-        # Padding a plane to whole vectors needs the convolution in einsum form,
-        # which a grouped one is not: that one is scheduled unpadded.
-        for pad_planes in (True, False):
-            try:
-                return _schedule_conv(Schedule(func), cpu_constants(target), pad_planes)
-            except Exception:  # a shape the schedule primitives refuse: leave it to the next rule
-                if DEBUG and not pad_planes:
-                    raise
-        return None
+        sch = Schedule(func)
+        shape = conv_shape(sch)
+        if shape is None or _one_pixel_per_plane(sch, shape):
+            return None
+        _schedule_conv(sch, shape, cpu_constants(target))
+        return sch
 
 
 def tile_alternatives(func, target) -> list:
     """``func`` scheduled with each of the ISA's other tiles of a padded plane (``CPUConstants.padded_tiles``).
 
     Which of them runs fastest depends on the core (:mod:`.constants`), so
-    tuning measures them beside the default. A kernel without a padded plane
-    gets its default schedule again, once per alternative: the caller keeps
-    the distinct ones.
+    tuning measures them beside the default. Empty for a kernel without a
+    padded plane. An alternative may equal the default (a tile clipped to
+    few channels): the caller keeps the distinct ones.
     """
     if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
+        return []
+    shape = conv_shape(Schedule(func))
+    if shape is None or shape.kind != "pointwise":
         return []
     const = cpu_constants(target)
     found = []
     for tile in const.padded_tiles[1:]:
-        try:
-            sch = _schedule_conv(Schedule(func), dataclasses.replace(const, padded_tiles=(tile,)), pad_planes=True)
-        except Exception:  # as in Conv2dNCHW.apply: a shape the primitives refuse has no padded schedule
-            continue
-        if sch is not None:
-            found.append(sch)
+        sch = Schedule(func)
+        if not _schedule_conv(sch, conv_shape(sch), dataclasses.replace(const, padded_tiles=(tile,))):
+            return []  # the plane is not padded, so no tile of a padded plane applies
+        found.append(sch)
     return found
 
 
-def _schedule_conv(sch: Schedule, const: CPUConstants, pad_planes: bool):
-    """``sch`` scheduled, or None if it is not one NCHW convolution; raises where a primitive refuses."""
-    shape = conv_shape(sch)
-    if shape is None:
-        return None
+def _one_pixel_per_plane(sch: Schedule, shape: ConvShape) -> bool:
+    """A depthwise convolution whose epilogue writes one pixel per channel (a 1x1 plane).
+
+    Its schedule vectorizes each channel's row of output and computes the
+    epilogue per channel; with one pixel per channel there is no row, and
+    the epilogue no loop of its own. Such a kernel (the last stage of a
+    network fed 32x32 images) is left to the next rule.
+    """
+    if shape.kind != "depthwise" or not shape.epilogue:
+        return False
+    out = [int(d) for d in sch.get(shape.epilogue[-1]).writes[0].source.shape]
+    return len(out) == 4 and out[2] * out[3] == 1
+
+
+def _schedule_conv(sch: Schedule, shape: ConvShape, const: CPUConstants) -> bool:
+    """Schedule the convolution ``shape`` of ``sch``; whether its pixel plane was padded to whole vectors."""
     conv, producers, epilogue, kind = shape
     gathers = [b for b in producers if kind == "pointwise" and len(sch.get(b).reads) > 1]
     pads = _inline_producers(sch, conv, producers, keep=gathers)
     epilogue = inline_epilogue(sch, epilogue)
     if kind == "pointwise":
-        _pointwise(sch, conv, epilogue, const, gathers, pad_planes=pad_planes)
-    else:
-        _windowed(sch, conv, epilogue, const, depthwise=kind == "depthwise", pads=pads)
-    return sch
+        return _pointwise(sch, conv, epilogue, const, gathers)
+    _windowed(sch, conv, epilogue, const, depthwise=kind == "depthwise", pads=pads)
+    return False
 
 
 def _writes_parameter(sch: Schedule, block) -> bool:
@@ -123,16 +132,21 @@ def _inline_producers(sch: Schedule, consumer, producers: list, keep: list = ())
     return pads
 
 
-def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list, *, pad_planes: bool) -> None:
+def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list) -> bool:
+    """Schedule a 1x1 convolution; whether its plane was padded to whole vectors (:func:`_padded_pointwise`)."""
     extents = iter_extents(sch, conv)
     lanes = const.lanes()
     width = extents[3]
     pixels = extents[2] * width
-    padded = pad_planes and epilogue is not None and _pads_plane(pixels, lanes)
+    plane_read = None if gathers else _plane_read(sch, conv, extents)
+    # Padding the plane runs pad_einsum, which needs the convolution in einsum
+    # form (a grouped one is not) and an epilogue to drop the padded pixels.
+    padded = (epilogue is not None and _pads_plane(pixels, lanes) and is_einsum(sch, conv)
+              and (gathers or plane_read is not None))
     if padded and not gathers:
         # Padding the plane needs the input read as [n, c, pixel]: stage it
         # through a flat copy, which the padding absorbs.
-        gathers = [sch.cache_read(conv, _plane_read(sch, conv, extents), "global")]
+        gathers = [sch.cache_read(conv, plane_read, "global")]
 
     # Iterate (and store partial sums) by flat pixel: the input planes are
     # contiguous, so a tile of pixels is one vector load whatever the rows.
@@ -152,7 +166,7 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
         sch.transform_block_layout(epilogue, flat)
     if padded:
         _padded_pointwise(sch, conv, epilogue, const, gathers)
-        return
+        return True
     n, o, hw, *reduce = sch.get_loops(conv)
     pixel_tile = _pixel_tile(pixels, lanes, const.vectors_per_tile)
     hw_out, hw_in = sch.split(hw, [None, pixel_tile])
@@ -203,6 +217,7 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     # Last: the init block must not stop vectorize/unroll above (they need a complete reduction block).
     sch.decompose_reduction(conv, reduce[0])
     _pack_weights(sch, conv, oc_tile)
+    return False
 
 
 def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
@@ -251,12 +266,12 @@ def _pads_plane(pixels: int, lanes: int) -> bool:
     return pixels > lanes and 4 * _pixel_tile(pixels, lanes, 1) < 3 * lanes
 
 
-def _plane_read(sch: Schedule, conv, extents: list[int]) -> int:
-    """Index of the convolution's data read (the one whose planes have the output's shape)."""
+def _plane_read(sch: Schedule, conv, extents: list[int]) -> int | None:
+    """Index of the convolution's data read (the one whose planes have the output's shape), if there is one."""
     for index, read in enumerate(sch.get(conv).reads):
         if [int(d) for d in read.source.shape[2:]] == extents[2:4]:
             return index
-    raise ValueError("no input plane of the output's shape")
+    return None
 
 
 def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list) -> None:
@@ -372,13 +387,21 @@ def _split_inner(sch: Schedule, loop, lanes: int):
 
 
 def _vectorize_padding(sch: Schedule, pad, lanes: int, *, first_loop: int) -> None:
-    """Zero-fill the border, then copy the interior with vector loads (no bounds test per element)."""
-    loops = sch.get_loops(pad)
-    try:
-        sch.decompose_padding(pad, loops[first_loop])
-    except Exception:  # the gathered pads read through a select: keep the per-element test
+    """Zero-fill the border, then copy the interior with vector loads (no bounds test per element).
+
+    ``decompose_padding`` needs the interior to be a box of the block's
+    iterators; a padding stored with its even and odd columns apart (stride
+    2, :func:`_deinterleave_columns`) is not one, and keeps its per-element test.
+    """
+    if _columns_apart(sch, pad):
         return
+    sch.decompose_padding(pad, sch.get_loops(pad)[first_loop])
     sch.vectorize(_split_inner(sch, sch.get_loops(pad)[-1], lanes))
+
+
+def _columns_apart(sch: Schedule, pad) -> bool:
+    """Whether :func:`_deinterleave_columns` stored this padding as [n, c, h, column parity, column / 2]."""
+    return len(sch.get(pad).writes[0].source.shape) == 5
 
 
 def _pixel_tile(pixels: int, lanes: int, vectors: int) -> int:
@@ -439,34 +462,38 @@ class Dense(dlight.ScheduleRule):
         kinds = [iv.iter_type for iv in sch.get(dense).iter_vars]
         if kinds != [tir.IterVar.DataPar, tir.IterVar.DataPar, tir.IterVar.CommReduce]:
             return None
-        const = cpu_constants(target)
-        try:
-            epilogue = inline_epilogue(sch, blocks[1:])
-            _, columns, depth = iter_extents(sch, dense)
-            vector = _power_of_two_divisor(columns, const.lanes())
-            chunk = _even_chunk(columns // vector, const.dense_vectors)
-            slices = _largest_divisor(depth, DENSE_SLICES)
-            k_slice, _ = sch.split(sch.get_loops(dense)[2], [slices, None])
-            partial = sch.rfactor(k_slice, 0)
-            i, j, k_slice, k = sch.get_loops(partial)
-            j_out, j_mid, j_in = sch.split(j, [None, chunk, vector])
-            sch.reorder(k_slice, i, j_out, k, j_mid, j_in)
-            sch.unroll(j_mid)
-            sch.vectorize(j_in)
-            _parallel(sch, k_slice, columns * depth, const)
-            sch.decompose_reduction(partial, k)
-            i, j, k_slice = sch.get_loops(dense)
-            j_out, j_in = sch.split(j, [None, vector])
-            sch.reorder(i, j_out, k_slice, j_in)
-            sch.vectorize(j_in)
-            if epilogue is not None:
-                sch.reverse_compute_at(epilogue, j_out)
-            sch.decompose_reduction(dense, k_slice)
-        except Exception:
-            if DEBUG:
-                raise
+        rows, columns, depth = iter_extents(sch, dense)
+        if not all(_elementwise_over(sch, block, [rows, columns]) for block in blocks[1:]):
             return None
+        const = cpu_constants(target)
+        epilogue = inline_epilogue(sch, blocks[1:])
+        vector = _power_of_two_divisor(columns, const.lanes())
+        chunk = _even_chunk(columns // vector, const.dense_vectors)
+        slices = _largest_divisor(depth, DENSE_SLICES)
+        k_slice, _ = sch.split(sch.get_loops(dense)[2], [slices, None])
+        partial = sch.rfactor(k_slice, 0)
+        i, j, k_slice, k = sch.get_loops(partial)
+        j_out, j_mid, j_in = sch.split(j, [None, chunk, vector])
+        sch.reorder(k_slice, i, j_out, k, j_mid, j_in)
+        sch.unroll(j_mid)
+        sch.vectorize(j_in)
+        _parallel(sch, k_slice, columns * depth, const)
+        sch.decompose_reduction(partial, k)
+        i, j, k_slice = sch.get_loops(dense)
+        j_out, j_in = sch.split(j, [None, vector])
+        sch.reorder(i, j_out, k_slice, j_in)
+        sch.vectorize(j_in)
+        if epilogue is not None:
+            sch.reverse_compute_at(epilogue, j_out)
+        sch.decompose_reduction(dense, k_slice)
         return sch
+
+
+def _elementwise_over(sch: Schedule, block, extents: list[int]) -> bool:
+    """A block of spatial iterators over exactly ``extents`` that writes one buffer (a bias add, an activation)."""
+    node = sch.get(block)
+    return (len(node.writes) == 1 and all(iv.iter_type == tir.IterVar.DataPar for iv in node.iter_vars)
+            and iter_extents(sch, block) == extents)
 
 
 class Pool2d(dlight.ScheduleRule):
@@ -486,25 +513,20 @@ class Pool2d(dlight.ScheduleRule):
         if not blocks or not _is_pool(sch, blocks[-1]) or any(is_reduction(sch, b) for b in blocks[:-1]):
             return None
         pool, producers = blocks[-1], blocks[:-1]
-        try:
-            pads = _inline_producers(sch, pool, producers)
-            extents = iter_extents(sch, pool)
-            const = cpu_constants(target)
-            n, c, y, x, *window = sch.get_loops(pool)
-            x_out, x_in = sch.split(x, [None, _row_tile(extents[3], const.lanes())])
-            sch.reorder(n, c, y, x_out, *window, x_in)
-            outer = sch.fuse(n, c)
-            for loop in window:
-                sch.unroll(loop)
-            sch.vectorize(x_in)
-            for pad in pads:
-                sch.compute_at(pad, outer)
-            _parallel(sch, outer, extents[1] * extents[2] * extents[3], const)
-            sch.decompose_reduction(pool, window[0])
-        except Exception:
-            if DEBUG:
-                raise
-            return None
+        pads = _inline_producers(sch, pool, producers)
+        extents = iter_extents(sch, pool)
+        const = cpu_constants(target)
+        n, c, y, x, *window = sch.get_loops(pool)
+        x_out, x_in = sch.split(x, [None, _row_tile(extents[3], const.lanes())])
+        sch.reorder(n, c, y, x_out, *window, x_in)
+        outer = sch.fuse(n, c)
+        for loop in window:
+            sch.unroll(loop)
+        sch.vectorize(x_in)
+        for pad in pads:
+            sch.compute_at(pad, outer)
+        _parallel(sch, outer, extents[1] * extents[2] * extents[3], const)
+        sch.decompose_reduction(pool, window[0])
         return sch
 
 

@@ -100,7 +100,8 @@ def fuse_shuffles(mod: "tvm.IRModule", report: FusionReport | None = None) -> "t
     """Remove channel shuffles (and v2's split/concat copies) from ``main``; see the module docstring.
 
     ``report``, when given, is filled in. A module without shuffles is
-    returned as it is; a function the rewrite cannot handle stays stock.
+    returned as it is, and so is one whose ``main`` the rewrite does not
+    handle (:func:`_not_rewritable`; the report says why).
     """
     report = report if report is not None else FusionReport()
     if not _has_main(mod):
@@ -111,21 +112,55 @@ def fuse_shuffles(mod: "tvm.IRModule", report: FusionReport | None = None) -> "t
     report.shuffles = list(analysis.shuffles)
     if not analysis.shuffles:
         return mod
+    why = _not_rewritable(func, analysis)
+    if why is not None:
+        report.note = f"left stock: {why}"
+        report.stock = {m: why for m in analysis.shuffles}
+        return mod
+    functions = dict(_Rewriter(analysis, report).run(func).functions)  # main and its gathered kernels
+    functions.update((gv, f) for gv, f in mod.functions.items() if gv.name_hint != "main")
+    return tvm.IRModule(functions, attrs=mod.attrs)
+
+
+def _not_rewritable(func: "relax.Function", analysis: detect.Analysis) -> str | None:
+    """Why :class:`_Rewriter` cannot re-emit ``func``, or None when it can.
+
+    It re-emits one dataflow block of plain bindings whose values are
+    operator calls, tuples, tuple accesses and variables; anything else that
+    the function still needs (control flow, a ``match_cast``, a call of
+    another function, a bound constant) leaves the function stock.
+    """
     blocks = func.body.blocks
     if len(blocks) != 1 or not isinstance(blocks[0], relax.DataflowBlock):
-        report.note = "left stock: main is not a single dataflow block"
-        report.stock = {m: "not a single dataflow block" for m in analysis.shuffles}
-        return mod
-    try:
-        functions = dict(_Rewriter(analysis, report).run(func).functions)  # main and its gathered kernels
-        functions.update((gv, f) for gv, f in mod.functions.items() if gv.name_hint != "main")
-        return tvm.IRModule(functions, attrs=mod.attrs)
-    except Exception as err:  # noqa: BLE001 - whatever the rewrite cannot handle stays stock
-        report.note = f"left stock: the rewrite failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-        report.stock = {m: "rewrite failed" for m in analysis.shuffles}
-        report.absorbed = report.gathered = 0
-        report.materialized = []
-        return mod
+        return "main is not a single dataflow block"
+    needed = _needed(func, analysis)
+    for binding in blocks[0].bindings:
+        if binding.var not in needed:
+            continue
+        value = binding.value
+        if not isinstance(binding, relax.VarBinding):
+            return f"main binds {binding.var.name} with a {type(binding).__name__}"
+        if isinstance(value, relax.Call) and not isinstance(value.op, tvm.ir.Op):
+            return f"main calls a function ({binding.var.name})"
+        if not isinstance(value, (relax.Call, relax.TupleGetItem, relax.Var, relax.Tuple)):
+            return f"main binds {binding.var.name} to a {type(value).__name__}"
+    return None
+
+
+def _needed(func: "relax.Function", analysis: detect.Analysis) -> set:
+    """Bindings the rewritten function still evaluates: region values need their sources, not their ops."""
+    values = {b.var: b.value for b in func.body.blocks[0].bindings}
+    needed, stack = set(), list(relax.analysis.free_vars(func.body.body))
+    while stack:
+        var = stack.pop()
+        if var in needed or var not in values:
+            continue
+        needed.add(var)
+        if var in analysis.region:
+            stack.extend(analysis.maps[var].sources)
+        else:
+            stack.extend(relax.analysis.free_vars(values[var]))
+    return needed
 
 
 class _Rewriter:
@@ -141,7 +176,7 @@ class _Rewriter:
         self.origin: dict = {}  # virtual var -> region vars it derives from (for the report)
 
     def run(self, func: "relax.Function") -> "tvm.IRModule":
-        needed = self._needed(func)
+        needed = _needed(func, self.analysis)
         attrs = {k: func.attrs[k] for k in func.attrs.keys()} if func.attrs is not None else None
         with self.bb.function("main", list(func.params), attrs=attrs):
             with self.bb.dataflow():
@@ -153,21 +188,6 @@ class _Rewriter:
                     result = self.bb.emit_output(result)
             self.bb.emit_func_output(result)
         return self.bb.get()
-
-    def _needed(self, func) -> set:
-        """Bindings the rewritten function still evaluates: region values need their sources, not their ops."""
-        values = {b.var: b.value for b in func.body.blocks[0].bindings}
-        needed, stack = set(), list(relax.analysis.free_vars(func.body.body))
-        while stack:
-            var = stack.pop()
-            if var in needed or var not in values:
-                continue
-            needed.add(var)
-            if var in self.analysis.region:
-                stack.extend(self.analysis.maps[var].sources)
-            else:
-                stack.extend(relax.analysis.free_vars(values[var]))
-        return needed
 
     # -- values ---------------------------------------------------------------
 
@@ -251,7 +271,7 @@ class _Rewriter:
             return relax.TupleGetItem(self._plain(value.tuple_value, "a tuple access"), value.index)
         if isinstance(value, (relax.Var, relax.Tuple)):
             return self._plain(value, "a tuple")
-        raise NotImplementedError(f"binding of {type(value).__name__}")
+        raise TypeError(f"binding of {type(value).__name__}: _not_rewritable lets none through")
 
     def _conv2d(self, var, call):
         attrs = call.attrs

@@ -12,17 +12,18 @@ and the padding and any gather (the shuffle's index arithmetic,
 :mod:`.kernels`) are inlined into the reads as predicates. The stem conv,
 the pooling and the classifier stay with dlight.
 
-Every GPU kernel needs a thread binding, so every kernel must get some rule.
-dlight tries its rules in order, but a rule that cannot handle a kernel may
-raise instead of returning None (in TVM 0.27 ``GEMV`` asserts on a depthwise
-convolution of a 1x1 plane, as ShuffleNetV2 0.5x has at 32x32 input), and
-that aborts the whole build. :class:`Declining` turns such a failure into
-"not my kind", so the next rule (ultimately ``Fallback``) schedules it.
+Every GPU kernel needs a thread binding, so every kernel must get some rule;
+``Fallback`` binds whatever the others leave. dlight's ``GEMV`` and
+``Reduction`` take some convolutions for their own kind and then fail an
+assertion (in TVM 0.27: ``GEMV`` on a depthwise convolution of a 1x1 plane,
+``Reduction`` on a 1x1 convolution that reads through a gather), which would
+abort the build: :class:`NotForConvolutions` offers them only kernels that
+:func:`.analysis.conv_shape` does not find to be a convolution.
 """
 
 from __future__ import annotations
 
-from tvm_shuffle.schedules.analysis import DEBUG, conv_shape, inline_epilogue, iter_extents
+from tvm_shuffle.schedules.analysis import conv_shape, inline_epilogue, iter_extents
 from tvm_shuffle.schedules.constants import GPU, GPUConstants
 from tvm_shuffle.tvm_compat import Schedule, dlight, tir
 
@@ -42,14 +43,9 @@ class DirectConv(dlight.ScheduleRule):
             return None
         sch = Schedule(func)
         shape = conv_shape(sch)
-        if shape is None or shape[3] not in ("depthwise", "pointwise"):
+        if shape is None or shape.kind not in ("depthwise", "pointwise"):
             return None
-        try:
-            _direct(sch, *shape, self.constants)
-        except Exception:  # a primitive refused this function: leave it to the next rule
-            if DEBUG:
-                raise
-            return None
+        _direct(sch, *shape, self.constants)
         return sch
 
 
@@ -93,19 +89,16 @@ def _direct(sch: Schedule, conv, producers: list, epilogue: list, kind: str, con
     sch.decompose_reduction(conv, reduce[0])
 
 
-class Declining(dlight.ScheduleRule):
-    """``rule``, except that an exception means it does not apply."""
+class NotForConvolutions(dlight.ScheduleRule):
+    """``rule`` for every kernel but a convolution (which it would misread; see the module docstring)."""
 
     def __init__(self, rule):
         self.rule = rule
 
     def apply(self, func, target, tunable):
-        try:
-            return self.rule.apply(func, target, tunable)
-        except Exception:
-            if DEBUG:
-                raise
+        if isinstance(func, tir.PrimFunc) and conv_shape(Schedule(func)) is not None:
             return None
+        return self.rule.apply(func, target, tunable)
 
 
 def custom_rules() -> tuple:
@@ -116,6 +109,5 @@ def custom_rules() -> tuple:
 def default_rules() -> tuple:
     """Ours, then dlight's GPU rules, most specific first; ``Fallback`` binds whatever is left."""
     gpu = dlight.gpu
-    return (*custom_rules(),
-            *(Declining(rule) for rule in (gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction())),
-            gpu.Fallback())
+    return (*custom_rules(), gpu.Matmul(), NotForConvolutions(gpu.GEMV()), NotForConvolutions(gpu.Reduction()),
+            gpu.GeneralReduction(), gpu.Fallback())
