@@ -1,30 +1,32 @@
 """Target-specific constants of the schedules, apart from the schedules themselves (as in dlight).
 
-Every number here was chosen on the register file of the ISA: a 1x1
-convolution keeps ``output channels x pixel vectors`` partial sums in
-registers, a quarter of the register file (AVX-512 and NEON have 32 vector
-registers, AVX2 16), leaving room for inputs, weights and the unrolled
-loop's temporaries; twice that when a tile is less than one vector wide (a
-7-pixel row). Measured on Zen 4: 16 full accumulators spilled in the
-gathered 1x1 convs (2x slower than 8), 8 half-empty ones left 20% on the
-table on 7x7 planes. A plane padded to whole vectors has no partial vector
-and no gather left in its loop, so its tile may span several vectors
-(``padded_tiles``). Which tile wins there depends on the core, not only on
-its ISA: on the 7x7 planes of ShuffleNetV2 (49 pixels padded to 4 AVX-512
-vectors) 7 channels x 4 vectors (28 accumulators) ran 1.4-1.5x faster than
-8x1 and beat 5x4, 10x2 and 14x2 on a Xeon, while on Zen 5 it took twice as
-long as 8x2 (464->1024 channels: 283 against 136 us; the model 1.37 against
-1.07 ms, 2 threads), and 4x4 and 8x1 came between. A tile of channels that
-does not divide 232, 464 or 1024 (7, 12, 16 channels) cost Zen 5 1.5-1.7x on
-those convolutions. So the first tile is the default and the others are
-tuning candidates: MetaSchedule measures them beside it on the machine at
-hand (``tile_alternatives`` in :mod:`.cpu`). The stem's 3x3 convolution (3
-input channels) also loads only whole vectors (``wide_tile``): all 24 output
-channels x 1 vector ran 1.6x faster than 12x1 (370 -> 227 us), and than 8x2
-(297). Depthwise rows of 7, 14 and 28 floats are no whole number of
-registers: LLVM builds each such vector from three loads and two inserts and
-leaves its spare lanes undefined, so on AVX-512 the rows are computed
-rounded up to ``row_multiple`` columns (8: one 256-bit register).
+The tile sizes follow the register file of the ISA. A 1x1 convolution keeps
+``output channels x pixel vectors`` partial sums in registers: a quarter of
+the register file (AVX-512 and NEON have 32 vector registers, AVX2 16),
+which leaves room for inputs, weights and the unrolled loop's temporaries
+(more accumulators spill); twice that when a tile is less than one vector
+wide (a 7-pixel row), so that part-filled registers still do enough work.
+
+A plane padded to whole vectors has no partial vector and no gather left in
+its loop, so its tile may span several vectors (``padded_tiles``). Which of
+those tiles wins depends on the core, not only on its ISA (on the 7x7
+planes of ShuffleNetV2, 7 channels x 4 vectors is fastest on some x86 cores
+and twice as slow as 8 x 2 on others), and a tile whose channel count does
+not divide the convolution's (232, 464, 1024) leaves a costly partial tile.
+So the first tile is the default and the others are tuning candidates:
+MetaSchedule measures them beside it on the machine at hand
+(``tile_alternatives`` in :mod:`.cpu`).
+
+The stem's 3x3 convolution (3 input channels) also loads only whole vectors,
+so its tile may hold more accumulators (``wide_tile``): all 24 output
+channels x 1 vector, so each input vector feeds 24 FMAs. Depthwise rows of 7,
+14 and 28 floats are no whole number of registers: LLVM builds each such
+vector from three loads and two inserts and leaves its spare lanes
+undefined, so on AVX-512 the rows are computed rounded up to
+``row_multiple`` columns (8: one 256-bit register).
+
+The measurements behind these choices, with their machines, are in
+``benchmarks/results/schedule_choices.md``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Rules in the style of ``tvm.s_tir.dlight``: each ``apply(func, target,
 tunable)`` returns a schedule, or None when the function is not its kind.
 Detection (what kind of kernel is this?) comes first and only reads the
-function; the transformation follows; tile sizes come from
-:mod:`.constants`.
+function; the transformation follows and catches nothing, so a rule that
+claims a kernel and then fails raises. Tile sizes come from
+:mod:`.constants`; the measurements behind each choice are listed in
+``benchmarks/results/schedule_choices.md``.
 
 * :class:`Conv2dNCHW`: a convolution in NCHW (stock ``conv2d``, grouped,
   depthwise, or one of :mod:`.kernels`' gathered convolutions) with its
@@ -46,7 +48,22 @@ def _is_cpu(target) -> bool:
 
 
 class Conv2dNCHW(dlight.ScheduleRule):
-    """Register-tiled, vectorized, parallel schedule for NCHW convolutions."""
+    """Register-tiled, vectorized, parallel schedule for NCHW convolutions.
+
+    Applies to a function that :func:`.analysis.conv_shape` finds to be one
+    convolution, except a depthwise one with one output pixel per plane.
+
+    Schedule strategy:
+      1. Inline the producers, except the padding stages and the gathers of
+         several tensors; fold the epilogue into one block.
+      2. 1x1 (``pointwise``): iterate by flat pixel; tile output channels x
+         pixel vectors in registers, pixel tiles outermost and shared out
+         among the threads; pad a plane that no whole vector divides; pack
+         the weights at build time.
+      3. Others: vectorize along the output row; a depthwise convolution
+         pads one channel plane at a time, and a stride-2 one stores the
+         padded plane's even and odd columns apart.
+    """
 
     def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
         if not _is_cpu(target) or not isinstance(func, tir.PrimFunc):
@@ -172,16 +189,15 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     hw_out, hw_in = sch.split(hw, [None, pixel_tile])
     # Output channels share each input vector. Unlike the pixels they need not
     # divide evenly: the last tile's test on its unrolled channels costs less
-    # than tiles of 2 or 4 channels (ShuffleNet's 58 = 2 x 29, 116 = 4 x 29):
-    # 1.4-1.6x faster on the 58- and 116-channel convolutions, AVX-512.
+    # than the tiles of 2 or 4 channels that would divide ShuffleNet's
+    # 58 = 2 x 29 and 116 = 4 x 29.
     vectors = -(-pixel_tile // lanes)
     pieces = None
     if pixel_tile < lanes:
         # A part-filled vector (a 14-pixel row): a tile takes up to
         # vectors_per_tile of them, each its own register, so every weight
-        # broadcast feeds that many sums. 2 rows x 8 channels against 1 row x 16
-        # (the same 16 registers): the 116-channel 14x14 convs of ShuffleNetV2
-        # 1.0x 156 -> 131 us in the model, the whole model 4.5 % faster (Zen 5).
+        # broadcast feeds that many sums (2 rows x 8 channels rather than
+        # 1 row x 16: the same 16 registers, twice the sums per broadcast).
         vectors = _largest_divisor(pixels // pixel_tile, const.vectors_per_tile)
         if vectors > 1:
             hw_out, pieces = sch.split(hw_out, [None, vectors])
@@ -190,17 +206,15 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
     o_out, o_in = sch.split(o, [None, oc_tile])
     # Pixel tiles outermost, shared out among the threads: a tile's input
     # pixels (all input channels) stay in L1 while the output-channel tiles
-    # pass. Channel tiles outermost, which kept a weight tile in L1 instead,
-    # made the 58-channel 28x28 convs of ShuffleNetV2 1.0x 1.46x slower in
-    # the model (4 calls: 361 -> 247 us; the model 5.34 -> 5.05 ms, 2 threads).
+    # pass. In a whole network that beats channel tiles outermost, which keep
+    # a weight tile in L1 instead.
     sch.reorder(n, hw_out, o_out, *reduce, o_in, *([pieces] if pieces is not None else []), hw_in)
     if pieces is not None:
         sch.unroll(pieces)
     if gathers:
-        # Gather a whole pixel tile once, for all output channels, into L1.
-        # Gathering one vector per input channel inside every channel tile
-        # repeats the select over the sources per tile: 1.2-2.9x slower on
-        # the gathered convs of ShuffleNetV2 1.0x, 1.5x and 2.0x.
+        # Gather a whole pixel tile once, for all output channels, into L1,
+        # rather than one vector per input channel inside every channel
+        # tile, which repeats the select over the sources per tile.
         outer = sch.fuse(n, hw_out)
         tile_loop = o_out
     else:
@@ -226,18 +240,16 @@ def _pack_weights(sch: Schedule, conv, oc_tile: int) -> None:
     A tile reads ``W[o, k]`` for its ``oc_tile`` channels at every input
     channel ``k``: in OIHW that is ``oc_tile`` streams, each advancing 4 bytes
     per step, which the hardware prefetcher follows poorly once the weights
-    are out of cache, as they are in the model (ShuffleNetV2 1.0x streams 9 MB
-    of weights through 2 MB of L2 per inference). Packed as ``[O / oc_tile,
-    K, 1, 1, oc_tile]`` (zero-padded), a tile's weights are one sequential
-    stream. The packing is a layout-rewrite preprocessing block, which
-    :func:`tvm_shuffle.build.build` splits out and folds into the constant
-    weights (``build.weight_packing_passes``): it runs once, at build time.
-    The block copies the real channels only: MetaSchedule's builder and
-    feature extractor accept nothing but a plain copy there. The padding of
-    a last, partial tile is never read (the tile skips those channels); the
-    build's packing (``build.run_copies``) zeroes it. With cold weights a
-    232-channel 7x7 convolution took 100 us instead of 155 (one thread); in
-    the model, ShuffleNetV2 1.0x went from 4.99 to 4.50 ms (2 threads, AVX-512).
+    are out of cache, as they are in a whole network (ShuffleNetV2 1.0x
+    reads 9 MB of weights per inference, several times a core's L2). Packed
+    as ``[O / oc_tile, K, 1, 1, oc_tile]`` (zero-padded), a tile's weights
+    are one sequential stream. The packing is a layout-rewrite preprocessing
+    block, which :func:`tvm_shuffle.build.build` splits out and folds into
+    the constant weights (``build.weight_packing_passes``): it runs once, at
+    build time. The block copies the real channels only: MetaSchedule's
+    builder and feature extractor accept nothing but a plain copy there. The
+    padding of a last, partial tile is never read (the tile skips those
+    channels); the build's packing (``build.run_copies``) zeroes it.
     """
     out_channels = iter_extents(sch, conv)[1]
     params = list(sch.mod["main"].params)
@@ -260,8 +272,8 @@ def _pads_plane(pixels: int, lanes: int) -> bool:
 
     A 7x7 plane (49 pixels) divides into 7-pixel tiles: 7 of AVX-512's 16
     lanes, or 1 of NEON's 4. Padded to 64 it runs in full vectors; the 15
-    padded pixels cost less than the 9 lanes idle in every tile (measured on
-    the 232- and 464-channel 7x7 convolutions: 1.5x faster, 2 threads).
+    padded pixels cost less than the 9 lanes idle in every tile. Padded when
+    the best dividing tile leaves more than a quarter of a vector idle.
     """
     return pixels > lanes and 4 * _pixel_tile(pixels, lanes, 1) < 3 * lanes
 
@@ -438,16 +450,23 @@ def _parallel(sch: Schedule, loop, work: int, const: CPUConstants) -> None:
 class Dense(dlight.ScheduleRule):
     """``x @ W`` with few rows (the classifier): each thread streams its own block of weight rows.
 
+    Applies to a function whose first block is its only reduction, over
+    ``[rows, columns, depth]``, followed by elementwise blocks over
+    ``[rows, columns]`` (the bias add).
+
     The weights (4 MB in ShuffleNetV2's classifier) come from L3 or DRAM in
-    the model, not from L2. The reduction is cut into ``DENSE_SLICES``
-    contiguous blocks of rows, one per thread (summed at the end), so every
-    thread reads its own rows whatever the column count; each row is read in
-    pieces of up to ``dense_vectors`` vectors of columns, which stay in
-    registers while the rows stream past. Against column chunks shared out
-    among the threads (5 chunks of 1000 columns: 3 on one thread, 2 on the
-    other) this took the cold-cache classifier from 325 to 170 us (2
-    threads, AVX-512); tiles of one vector of columns, which touch every row
-    at a 4 KB stride, took 990.
+    a whole network, not from L2, so the schedule is about streaming them.
+
+    Schedule strategy:
+      1. Cut the reduction into ``DENSE_SLICES`` contiguous blocks of weight
+         rows, one per thread (``rfactor``; summed at the end), so every
+         thread reads its own rows whatever the column count: column chunks
+         shared out among threads leave them unevenly loaded (5 chunks of
+         1000 columns on 2 threads).
+      2. Read each row in pieces of up to ``dense_vectors`` vectors of
+         columns, which stay in registers while the rows stream past; a
+         tile of one vector of columns would touch every row at a 4 KB stride.
+      3. Sum the slices and apply the epilogue per vector of columns.
     """
 
     def apply(self, func, target, tunable):  # noqa: ARG002
@@ -499,10 +518,11 @@ def _elementwise_over(sch: Schedule, block, extents: list[int]) -> bool:
 class Pool2d(dlight.ScheduleRule):
     """A windowed pooling in NCHW (the stem's 3x3 stride-2 max-pool): one padded plane per channel.
 
+    Applies to a function whose last block has four spatial iterators and
+    two reduced ones (the window) over one input, after spatial producers.
     As in the depthwise convolution, a stride-2 window reads even and odd
-    padded columns stored apart, so each window row is one contiguous vector:
-    3x faster than TVM's unscheduled pool on ShuffleNet's 24x112x112 input
-    (210 -> 71 us, 2 threads).
+    padded columns stored apart, so each window row is one contiguous vector;
+    the padding is computed per channel, while it is hot in cache.
     """
 
     def apply(self, func, target, tunable):  # noqa: ARG002
@@ -560,8 +580,6 @@ def default_rules() -> tuple:
     their inner loop, and threads cost more than they save at these sizes.
     Average pools (ShuffleNet v1's 3x3 shortcut pools, the global pool
     before the classifier) get dlight's CPU reduction: one output per
-    iteration, shared out among the threads. Unscheduled they run on one
-    thread: ShuffleNet v1 g3 1.0x spent 423 us in them instead of 208, and
-    its whole inference took 2.30 ms instead of 2.03 (2 threads, Zen 5).
+    iteration, shared out among the threads (unscheduled, they run on one).
     """
     return (Conv2dNCHW(), Pool2d(), Dense(), dlight.cpu.Reduction())
