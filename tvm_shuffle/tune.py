@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: out/<model>-<target>)")
     cli.add_rpc_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    parser.add_argument("--no-wait", action="store_true", help="stop at once (exit 2) when another tune is "
+                        "writing this model's records, instead of waiting for it")
     return parser
 
 
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compiled = api.tune(cli.model_source(args), cli.target(args), trials=args.trials, work_dir=args.work_dir,
                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_timeout=args.rpc_timeout,
                         progress=not args.quiet, input_shape=cli.input_shape(args), shuffle=args.shuffle,
-                        weights=args.weights)
+                        weights=args.weights, wait=not args.no_wait)
     out = compiled.save(args.out or f"out/{compiled.name}-{compiled.spec.name}")
     device = compiled.tuning.device
     before, after = (api.end_to_end_ms(c, device=device) for c in (compiled.tuning.untuned, compiled))

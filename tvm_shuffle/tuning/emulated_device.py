@@ -43,6 +43,9 @@ PING_SECONDS = 2.0
 # A match key the tracker handed to a client that never connected is
 # replaced after this long (TVM's own server waits about as long).
 UNUSED_KEY_SECONDS = 6.0
+# A tracker started just before us (``rpc_tracker ... &``) refuses connections while it imports TVM;
+# like TVM's own rpc_server, keep trying for a minute.
+TRACKER_PATIENCE_SECONDS = 60.0
 
 
 def emulated_spec() -> targets.TargetSpec:
@@ -168,7 +171,8 @@ def serve(tracker: rpc.Tracker, *, host: str = "127.0.0.1") -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, 0))
     listener.listen(1)
-    rpc.check_reachable(tracker)
+    rpc.wait_for_tracker(tracker, TRACKER_PATIENCE_SECONDS,
+                         log=lambda message: print(f"emulated device: {message}", file=sys.stderr, flush=True))
     registration = Registration(tracker, listener.getsockname()[1])
     print(f"emulated {ARCH} device (qemu, timings meaningless) registered as {tracker.key!r} "
           f"at {tracker.address}, serving on {host}:{listener.getsockname()[1]}", file=sys.stderr, flush=True)

@@ -17,14 +17,21 @@ MetaSchedule's runner workers import it to open their sessions.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import socket
+import sys
 import threading
+import time
+from typing import Callable
 
 from tvm_shuffle.errors import UserError
 
 DEFAULT_PORT = 9190
 DEFAULT_TIMEOUT_S = 60.0  # for an unreachable tracker, a busy device, a session
 EMULATION_MARKER = "tvm_shuffle.emulated"  # global function our emulated server registers
+# In a runner's error when the session request found no device: the device is gone, not the candidate bad.
+DEVICE_GONE = "no device answered"
+RETRY_SECONDS = 1.0  # between attempts to reach a tracker that refuses connections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +80,28 @@ def check_reachable(tracker: Tracker) -> None:
             f"with `python -m tvm.exec.rpc_server --tracker {tracker.address} --key {tracker.key}`") from None
 
 
+def wait_for_tracker(tracker: Tracker, patience: float, *, log: Callable[[str], None] | None = None) -> None:
+    """:func:`check_reachable`, retried for up to ``patience`` seconds, saying so once.
+
+    A tracker started a moment ago (``rpc_tracker ... &`` then the next
+    command) refuses connections for a few seconds while it imports TVM;
+    TVM's own ``rpc_server`` retries for a minute for the same reason.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    deadline = time.monotonic() + patience
+    said = False
+    while True:
+        try:
+            return check_reachable(tracker)
+        except UserError as err:
+            if time.monotonic() + RETRY_SECONDS > deadline:
+                raise err from None
+            if not said:
+                log(f"the RPC tracker at {tracker.address} does not answer yet; retrying for up to {patience:.0f} s")
+                said = True
+        time.sleep(RETRY_SECONDS)
+
+
 def registered_servers(tracker: Tracker) -> dict[str, int]:
     """Number of servers per key the tracker knows (busy or free)."""
     from tvm import rpc
@@ -104,8 +133,8 @@ def request_session(tracker: Tracker):
 
 
 def probe(tracker: Tracker, device_type: str) -> RemoteDevice:
-    """Check the tracker, the key and one session before tuning starts."""
-    check_reachable(tracker)
+    """Check the tracker (waiting up to its timeout for it to start), the key and one session before tuning."""
+    wait_for_tracker(tracker, tracker.timeout)
     servers = registered_servers(tracker)
     if not servers.get(tracker.key):
         known = ", ".join(f"{k} ({n})" for k, n in sorted(servers.items())) or "none"
@@ -124,10 +153,43 @@ def probe(tracker: Tracker, device_type: str) -> RemoteDevice:
     return RemoteDevice(servers=servers[tracker.key], emulated=emulated)
 
 
+def device_answers(tracker: Tracker) -> bool:
+    """Whether a device under ``tracker.key`` takes a session within the timeout; the session is released at once."""
+    try:
+        session = request_session(tracker)
+    except UserError:
+        return False
+    del session
+    gc.collect()  # the session's objects refer to each other; collected, the device is free again
+    return True
+
+
+# Runner worker process: when each request for a device last found none (tracker address and key -> time).
+_NO_DEVICE_SINCE: dict[tuple[str, int, str], float] = {}
+
+
 def create_session(rpc_config):
-    """MetaSchedule ``f_create_session`` for ``RPCRunner``: the tracker request, with a deadline."""
-    return request_session(Tracker(rpc_config.tracker_host, int(rpc_config.tracker_port), rpc_config.tracker_key,
-                                   float(rpc_config.session_timeout_sec)))
+    """MetaSchedule ``f_create_session`` for ``RPCRunner``: the tracker request, with a deadline.
+
+    Runs in the runner's worker process. A request that finds no device
+    raises an error holding :data:`DEVICE_GONE`; the requests that follow
+    within the timeout fail at once, so a batch whose device died ends after
+    one timeout rather than one per candidate.
+    """
+    tracker = Tracker(rpc_config.tracker_host, int(rpc_config.tracker_port), rpc_config.tracker_key,
+                      float(rpc_config.session_timeout_sec))
+    key = (tracker.host, tracker.port, tracker.key)
+    since = _NO_DEVICE_SINCE.get(key)
+    if since is not None and time.monotonic() - since < tracker.timeout:
+        raise UserError(f"{DEVICE_GONE} with key {tracker.key!r} at {tracker.address} "
+                        f"({time.monotonic() - since:.0f} s ago, none within {tracker.timeout:.0f} s)")
+    try:
+        session = request_session(tracker)
+    except UserError as err:
+        _NO_DEVICE_SINCE[key] = time.monotonic()
+        raise UserError(f"{DEVICE_GONE}: {err}") from None
+    _NO_DEVICE_SINCE.pop(key, None)
+    return session
 
 
 def _with_deadline(fn, timeout: float, what: str, *, hint: str = ""):

@@ -12,6 +12,10 @@ the tuned library; it is usable on its own::
 The budget counts every candidate measured for this model and target so
 far, so re-running the same command after an interruption measures only
 what is left (and never a candidate twice, :mod:`tvm_shuffle.tuning.search`).
+
+One tune at a time writes a records directory (:mod:`tvm_shuffle.tuning.lock`):
+a second one on the same model and target waits for the first, then resumes
+from its records; runs on other models or targets go on side by side.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from tvm_shuffle import build, passes, runtime, schedules, targets
+from tvm_shuffle import build, host, passes, schedules, targets
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
-from tvm_shuffle.tuning import database, logs, tasks
+from tvm_shuffle.tuning import database, logs, recording, rpc, tasks
 from tvm_shuffle.tuning.builder import BuildStats, InProcessBuilder, finish_abandoned_compiles
+from tvm_shuffle.tuning.lock import RecordsLock
 from tvm_shuffle.tuning.progress import Progress, ProgressCallback, TaskState
 from tvm_shuffle.tuning.runner import Device
 from tvm_shuffle.tuning.scheduler import CommittingGradientScheduler, Interrupt
@@ -67,21 +72,38 @@ class Outcome:
 
 def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str | Path = DEFAULT_WORK_DIR,
          trials: int | None = None, shuffle: str = "fused", quiet: bool = False, seed: int | None = None,
-         log=None) -> Outcome:
+         wait: bool = True, log=None) -> Outcome:
     """Tune ``imported`` for ``spec`` on ``device`` until ``trials`` candidates (all runs together) are measured.
 
     Ctrl-C stops tuning after the running batch and returns with
     ``interrupted`` set; every record measured so far is on disk. A device
-    that stops producing measurements raises :class:`MeasurementsFailing`.
+    that stops producing measurements raises :class:`MeasurementsFailing`;
+    a remote device that disappears during a batch raises
+    :class:`~tvm_shuffle.tuning.recording.DeviceLost` (what it did not
+    measure is not recorded). While another tune writes the same records
+    this one waits for it, or with ``wait=False`` raises
+    :class:`~tvm_shuffle.tuning.lock.RecordsBusy`.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    directory = database.prepare_dir(database.database_dir(work_dir, spec, imported.name, imported.input_shape,
+                                                           shuffle))
+    with RecordsLock.acquire(directory, wait=wait, log=log) as held:
+        outcome = _tune_holding(held, imported, spec, device=device, trials=trials, shuffle=shuffle, quiet=quiet,
+                                seed=seed, log=log)
+        outcome.database.close()  # still answers queries; a later commit takes the lock for itself
+    return outcome
+
+
+def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, device: Device, trials: int | None,
+                  shuffle: str, quiet: bool, seed: int | None, log) -> Outcome:
+    """:func:`tune`, holding the lock on the records directory."""
     if spec.family == "cuda":
         from tvm_shuffle import cuda_codegen
 
         cuda_codegen.enable_device_code()  # candidates must hold kernels the GPU machine can load
-    directory = database.database_dir(work_dir, spec, imported.name, imported.input_shape, shuffle)
-    db = database.open_database(directory)
-    cores = runtime.physical_cores()
+    directory = held.directory
+    db = database.open_database(directory, lock=held, log=log)
+    cores = host.physical_cores()
     target = tasks.tuning_target(spec, host_cores=cores)
     task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle), spec), target)
     shared = database.import_shared_records(db, [t.mod for t in task_list], directory)
@@ -112,6 +134,10 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
             logs.native_stderr_to(directory / "logs" / "native.log") as console, \
             Interrupt().installed(console) as interrupt:
         progress = Progress(states, total=budget, done=done, quiet=quiet, stream=console)
+        # MetaSchedule's callbacks (records, cost model) and the progress bar see only what was measured.
+        recorder = recording.RecordMeasurements(
+            [*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress)],
+            device_answers=_device_check(device))
         try:
             contexts = tasks.contexts(task_list, target, loggers, strategies, threads=cores, seed=seed)
             ms.tune_tasks(
@@ -119,11 +145,19 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
                 max_trials_global=budget - done, max_trials_per_task=max(spec.trials_per_task, per_batch),
                 num_trials_per_iter=per_batch, builder=builder, runner=device.runner, database=db,
                 cost_model=ms.cost_model.XGBModel(num_tuning_cores=cores, adaptive_training=True),
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), ProgressCallback(progress)],
-                task_scheduler=CommittingGradientScheduler(stop=lambda: interrupt() or progress.failing, seed=seed))
+                measure_callbacks=[recorder],
+                task_scheduler=CommittingGradientScheduler(
+                    stop=lambda: interrupt() or progress.failing or recorder.device_lost, seed=seed))
+        except Exception:
+            if db.write_error is not None:  # raised inside a MetaSchedule callback: say it as written
+                raise db.write_error from None
+            raise
         finally:
             progress.close()
     outcome.interrupted = interrupt.requested
+    if recorder.device_lost:
+        raise recording.device_lost_error(device.tracker, recorder.not_measured, database.own_trials(directory),
+                                          directory)
     if progress.failing:
         raise progress.failure()
     outcome.seconds = time.perf_counter() - start
@@ -134,6 +168,13 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
     # (an ONNX Runtime baseline measured 8.84 ms during one, 5.98 ms before).
     finish_abandoned_compiles()
     return outcome
+
+
+def _device_check(device: Device):
+    """For a remote device, whether it still takes a session (asked after a batch with failed runs)."""
+    if not device.remote or device.tracker is None:
+        return None
+    return lambda: rpc.device_answers(device.tracker)
 
 
 def _default_candidates(task: tasks.Task, target, spec: TargetSpec) -> list:
