@@ -107,13 +107,40 @@ def _load_runtime(bundled: Sequence[Path] = ()) -> Any:
     return tvm_ffi
 
 
+def check_finite(array: np.ndarray) -> None:
+    """Raise a :class:`UserError` naming how many values of a float input are NaN or infinite, and the first.
+
+    A compiled model does not carry NaN through as PyTorch does: its ReLU is
+    LLVM's ``maxnum``, which returns the other operand when one is NaN, so a
+    NaN in the input can come out as an ordinary number. Propagating it
+    would cost a compare and select in every ReLU; this check is one pass
+    over the input.
+    """
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    positions = np.argwhere(~finite)
+    first = tuple(int(i) for i in positions[0])
+    raise UserError(f"input has {len(positions)} non-finite value(s) (NaN or infinity), the first ({array[first]}) "
+                    f"at index {first}; the compiled model does not propagate them as PyTorch does "
+                    "(it can turn NaN into a number): clean the input, or pass check_finite=False to skip this check")
+
+
 class Model:
-    """A compiled model: call it with a numpy array, get a list of numpy arrays."""
+    """A compiled model: call it with a numpy array, get a list of numpy arrays.
+
+    ``check_finite`` (default on) makes each call refuse an input holding NaN
+    or infinity (:func:`check_finite`); :meth:`benchmark` and the C++ API do
+    not check.
+    """
 
     def __init__(self, directory: Path, manifest: dict[str, Any], runtime_libraries: Sequence[Path] = (), *,
-                 threads: int | None = None):
+                 threads: int | None = None, check_finite: bool = True):
         self.directory = directory
         self.manifest = manifest
+        self.check_finite = check_finite
         (self._input,) = manifest["inputs"]
         tvm_ffi = _load_runtime(runtime_libraries)
         library = directory / manifest["library"]
@@ -152,7 +179,10 @@ class Model:
         return aligned_copy(array)
 
     def __call__(self, array: np.ndarray) -> list[np.ndarray]:
-        result = self._main(self._from_dlpack(self.check_input(array)))
+        array = self.check_input(array)
+        if self.check_finite:
+            check_finite(array)
+        result = self._main(self._from_dlpack(array))
         outputs = list(result) if not hasattr(result, "__dlpack__") else [result]
         return [np.from_dlpack(o).copy() for o in outputs]
 
@@ -164,10 +194,12 @@ class Model:
         return measure(lambda: self._main(tensor), warmup=warmup, repeat=repeat)
 
 
-def load(path: str | os.PathLike, *, check_arch: bool = True, threads: int | None = None) -> Model:
+def load(path: str | os.PathLike, *, check_arch: bool = True, threads: int | None = None,
+         check_finite: bool = True) -> Model:
     """Load a ``compile``/``tune`` output directory (or its ``model.so``).
 
     ``threads``: the size of TVM's thread pool (default :func:`tvm_shuffle.host.default_threads`).
+    ``check_finite``: refuse inputs holding NaN or infinity (:func:`check_finite`).
     """
     directory, manifest = bundle_format.read_manifest(path)
     if manifest["target"]["family"] == "cuda":
@@ -177,7 +209,8 @@ def load(path: str | os.PathLike, *, check_arch: bool = True, threads: int | Non
     if check_arch and arch != host.arch():
         raise UserError(f"{directory} was built for {arch} ({manifest['target']['name']}); this machine is {host.arch()}")
     bundle_format.check(directory, manifest)
-    return Model(directory, manifest, bundle_format.runtime_libraries(directory, manifest), threads=threads)
+    return Model(directory, manifest, bundle_format.runtime_libraries(directory, manifest), threads=threads,
+                 check_finite=check_finite)
 
 
 def run(path: str | os.PathLike, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
