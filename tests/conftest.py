@@ -153,3 +153,210 @@ def emulated_arm_tracker(tmp_path_factory):
         yield tracker
     finally:
         stop_servers(processes)
+
+
+# ---------------------------------------------------------------------------
+# Small Relax graphs and checks shared by test_detect, test_fusion,
+# test_cpu_schedules, test_gpu_schedules and test_seeds: every form of channel
+# shuffle the frontends produce, ShuffleNet units built from them, and the
+# comparison of a build with TVM's unscheduled lowering. Weights are random but
+# fixed. TVM is imported inside the functions, so collecting other tests does
+# not load it.
+
+# Fusion permutes weights and sums the same products in another order, and the
+# schedules reassociate sums: results move by ~1e-7.
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+# 24 channels: 2, 3, 4, 6, 8 and 12 groups all divide them.
+N, C, H, W = UNIT_SHAPE = (1, 24, 6, 6)
+
+
+def weights(shape) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape)
+
+
+def random_input(shape=UNIT_SHAPE) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal(shape).astype("float32")
+
+
+def conv_layer(x, out_channels, *, kernel=1, groups=1, stride=1, bias=True, relu=False):
+    """A Relax conv2d (same padding) of ``x``, plus bias and ReLU when asked."""
+    from tvm_shuffle.tvm_compat import relax
+
+    in_channels = int(x.ty.shape.values[1])
+    fan_in = in_channels // groups * kernel * kernel  # keeps activations near 1 through many layers
+    w = relax.const((weights((out_channels, in_channels // groups, kernel, kernel)) / np.sqrt(fan_in)).astype("float32"))
+    y = relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=groups)
+    if bias:
+        y = relax.op.add(y, relax.const(weights((1, out_channels, 1, 1)).astype("float32")))
+    return relax.op.nn.relu(y) if relu else y
+
+
+def relax_graph(body, shape=UNIT_SHAPE):
+    """An IRModule with ``main(x)`` returning ``body(bb, x)``; ``body`` emits with ``bb`` and returns the output."""
+    from tvm_shuffle.tvm_compat import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def shuffle_5d(bb, x, groups):
+    """torch.export and ONNX: reshape (N, g, C/g, H, W) -> swap -> reshape."""
+    from tvm_shuffle.tvm_compat import relax
+
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n, groups, c // groups, h, w)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, 3, 4]))
+    return bb.emit(relax.op.reshape(y, (n, c, h, w)))
+
+
+def shuffle2(bb, x):
+    """The 2-group shuffle of ShuffleNet v2, in its 5-D form."""
+    return shuffle_5d(bb, x, 2)
+
+
+def shuffle_4d(bb, x, groups):
+    """ONNX's 4-D form: spatial dims flattened, reshape (N, g, C/g, H*W) -> swap -> reshape."""
+    from tvm_shuffle.tvm_compat import relax
+
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n, groups, c // groups, h * w)))
+    y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, 3]))
+    return bb.emit(relax.op.reshape(y, (n, c, h, w)))
+
+
+def even_odd(bb, x):
+    """The authors' v2 release: reshape(b*c//2, 2, h*w).permute(1, 0, 2).reshape(2, -1, c//2, h, w); x[0], x[1]."""
+    from tvm_shuffle.tvm_compat import relax
+
+    n, c, h, w = (int(d) for d in x.ty.shape.values)
+    y = bb.emit(relax.op.reshape(x, (n * c // 2, 2, h * w)))
+    y = bb.emit(relax.op.permute_dims(y, [1, 0, 2]))
+    y = bb.emit(relax.op.reshape(y, (2, n, c // 2, h, w)))
+    return (bb.emit(relax.op.take(y, relax.const(0, "int64"), axis=0)),
+            bb.emit(relax.op.take(y, relax.const(1, "int64"), axis=0)))
+
+
+def halves_split(bb, x):
+    """torch.export's ``chunk(2, dim=1)``."""
+    from tvm_shuffle.tvm_compat import relax
+
+    parts = bb.emit(relax.op.split(x, 2, axis=1))
+    return bb.emit(relax.TupleGetItem(parts, 0)), bb.emit(relax.TupleGetItem(parts, 1))
+
+
+def halves_slice(bb, x):
+    """The classic ONNX exporter's Slice pair."""
+    from tvm_shuffle.tvm_compat import relax
+
+    c = int(x.ty.shape.values[1])
+    return (bb.emit(relax.op.strided_slice(x, axes=[1], begin=[0], end=[c // 2])),
+            bb.emit(relax.op.strided_slice(x, axes=[1], begin=[c // 2], end=[c])))
+
+
+def v2_units(shuffle=shuffle2, halves=halves_split, units=3, shape=UNIT_SHAPE):
+    """Stem, then ShuffleNet v2 stride-1 units: split, branch on one half, concat, shuffle; a head conv."""
+    from tvm_shuffle.tvm_compat import relax
+
+    def body(bb, x):
+        x = bb.emit(conv_layer(x, C, relu=True))
+        for _ in range(units):
+            keep, branch = halves(bb, x)
+            y = bb.emit(conv_layer(branch, C // 2, relu=True))
+            y = bb.emit(conv_layer(y, C // 2, kernel=3, groups=C // 2))
+            y = bb.emit(conv_layer(y, C // 2, relu=True))
+            x = shuffle(bb, bb.emit(relax.op.concat([keep, y], axis=1)))
+        return bb.emit(conv_layer(x, 8))
+
+    return relax_graph(body, shape)
+
+
+def v2_megvii(units=3):
+    """The release's unit: even/odd split first, then branch and concat (no separate shuffle op)."""
+    from tvm_shuffle.tvm_compat import relax
+
+    def body(bb, x):
+        x = bb.emit(conv_layer(x, C, relu=True))
+        for _ in range(units):
+            keep, branch = even_odd(bb, x)
+            y = bb.emit(conv_layer(branch, C // 2, relu=True))
+            y = bb.emit(conv_layer(y, C // 2, kernel=3, groups=C // 2))
+            x = bb.emit(relax.op.concat([keep, bb.emit(conv_layer(y, C // 2, relu=True))], axis=1))
+        return bb.emit(conv_layer(x, 8))
+
+    return relax_graph(body)
+
+
+def v1_unit(groups):
+    """ShuffleNet v1: grouped 1x1 conv, shuffle, depthwise 3x3, grouped 1x1 conv, residual."""
+    from tvm_shuffle.tvm_compat import relax
+
+    def body(bb, x):
+        y = bb.emit(conv_layer(x, C, groups=groups, relu=True))
+        y = shuffle_5d(bb, y, groups)
+        y = bb.emit(conv_layer(y, C, kernel=3, groups=C))
+        y = bb.emit(conv_layer(y, C, groups=groups))
+        return bb.emit(relax.op.nn.relu(relax.op.add(x, y)))
+
+    return relax_graph(body)
+
+
+def stride2_unit():
+    """A v2 stride-2 unit fed by a shuffled tensor: both branches read all of it (depthwise and 1x1)."""
+    from tvm_shuffle.tvm_compat import relax
+
+    def body(bb, x):
+        x = shuffle2(bb, bb.emit(relax.op.concat([bb.emit(conv_layer(x, C // 2, relu=True)),
+                                                  bb.emit(conv_layer(x, C // 2, relu=True))], axis=1)))
+        left = bb.emit(conv_layer(bb.emit(conv_layer(x, C, kernel=3, groups=C, stride=2)), C // 2, relu=True))
+        right = bb.emit(conv_layer(x, C // 2, relu=True))
+        right = bb.emit(conv_layer(bb.emit(conv_layer(right, C // 2, kernel=3, groups=C // 2, stride=2)), C // 2,
+                                   relu=True))
+        return shuffle2(bb, bb.emit(relax.op.concat([left, right], axis=1)))
+
+    return relax_graph(body, (N, C, 8, 8))
+
+
+def host_spec():
+    """The ``x86`` preset resolved for this host (the target the numeric checks run on)."""
+    from tvm_shuffle import targets
+
+    return targets.get("x86")
+
+
+def run(mod, x: np.ndarray, spec=None, database=None) -> np.ndarray:
+    """``mod``'s first output for ``x``, built by :func:`tvm_shuffle.build.build` for ``spec`` (default: this host)."""
+    from tvm_shuffle import build
+    from tvm_shuffle.tvm_compat import relax, tvm
+
+    vm = relax.VirtualMachine(build.build(mod, spec or host_spec(), database=database), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def assert_matches_unscheduled(mod, x: np.ndarray, database=None, spec=None) -> None:
+    """Our build for ``spec`` (defaults, tuned schedules from ``database``) against TVM's unscheduled lowering."""
+    from tvm_shuffle.tvm_compat import relax, tvm
+
+    unscheduled = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    np.testing.assert_allclose(run(mod, x, spec=spec, database=database),
+                               unscheduled["main"](tvm.runtime.tensor(x)).numpy(), **TOLERANCE)
+
+
+def conv_kernels(mod, spec) -> list:
+    """(name, PrimFunc) of every convolution kernel ``mod`` lowers to for ``spec``."""
+    from tvm_shuffle import build
+    from tvm_shuffle.tvm_compat import tvm
+
+    lowered = build.lower(mod, spec)
+    return [(gv.name_hint, f) for gv, f in lowered.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+
+
+def is_1x1_weight(buffer) -> bool:
+    shape = [int(d) for d in buffer.shape]
+    return len(shape) == 4 and shape[0] > 1 and shape[2:] == [1, 1]
