@@ -1,0 +1,513 @@
+"""bf16 1x1 convolutions: weights stored in bf16, inputs rounded to bf16 once per tile, sums in fp32.
+
+The compute (:func:`pointwise_conv2d`) states the numerics exactly: every
+input and weight is a bf16 value, every product and sum is fp32, and the
+epilogue (bias, ReLU) and the output stay fp32. It flattens the pixels and
+pads them to whole vectors of ``LANES`` (a 7x7 plane computes 64 pixels,
+14x14 computes 208), and it stores the input as ``[K / 2, pixels, 2]``:
+the two input channels of a pair side by side, which is the operand layout
+of a bf16 dot-product instruction.
+
+Stages of the kernel, in order (block names):
+
+* ``bf16_gather`` (when the input is gathered from several tensors, or
+  needs no padding): the gathered channels, fp32, flat pixels;
+* ``bf16_pad`` (only when the plane is no whole number of vectors): the
+  same, zero-padded to whole vectors;
+* ``bf16_pairs``: the bf16 input, channel pairs interleaved;
+* ``conv2d_bf16``: the sums over the padded pixels;
+* ``conv2d_bf16_crop``: the real pixels, in NCHW (the fused epilogue joins it).
+
+:class:`PointwiseBF16` schedules it. With AVX512_BF16 (``avx512bf16`` in the
+target's features) each step of the inner loop is one ``vdpbf16ps``: 16
+pixels x 1 output channel x 2 input channels, the weight pair an embedded
+32-bit broadcast from weights packed at build time as ``[O / oc, K / 2, oc,
+2]``; the input pairs are converted once per pixel tile with
+``vcvtneps2bf16`` and a word interleave. Both are tensor intrinsics whose
+implementation calls a small LLVM IR function (:data:`LLVM_IR`, linked into
+the kernel through ``pragma_import_llvm`` and inlined): TVM's bf16
+legalization turns every bf16 vector expression of TIR into fp32, so the
+intrinsics move the bf16 values as 32-bit integers and only the LLVM
+function sees them as ``bfloat``. Without AVX512_BF16 the same compute runs
+with fp32 FMAs, the bf16 values widened in registers (storage only).
+
+Strategy of the native schedule: output channels in tiles of ``oc``, each
+tile's ``oc x vectors`` sums in registers while the input pairs stream past
+(as the fp32 schedule of :mod:`.cpu`); pixel tiles of a few vectors
+outermost and shared among the threads when the plane divides into whole
+vectors, otherwise one tile of the whole padded plane with the channel tiles
+shared among the threads, so the epilogue reads whole rows of real pixels
+and no vector loop carries a bounds test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
+
+LANES = 16  # pixels per vector of fp32 sums (AVX-512)
+CONV = "conv2d_bf16"
+CROP = "conv2d_bf16_crop"
+GATHER = "bf16_gather"
+PAD = "bf16_pad"
+PAIRS = "bf16_pairs"
+# A block so annotated is a weight layout transform, which the build runs once on the constants
+# (the same annotation as schedules.cpu.LAYOUT_REWRITE_PREPROC).
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+DOT_INTRIN = "tvm_shuffle_dpbf16ps_16x2"
+PAIRS_INTRIN = "tvm_shuffle_bf16_pairs_2x16"
+DOT_FUNCTION = "tvm_shuffle_dpbf16ps"
+PAIRS_FUNCTION = "tvm_shuffle_bf16_pairs"
+
+# The bf16 steps as LLVM IR: TIR cannot hold a bf16 vector past TVM's bf16 legalization, LLVM can.
+_INTERLEAVE = ", ".join(f"i32 {i // 2 + (i % 2) * 16}" for i in range(32))
+LLVM_IR = f"""
+define linkonce_odr <16 x float> @{DOT_FUNCTION}(<16 x float> %acc, <16 x i32> %pairs, i32 %weights) #0 {{
+  %a = bitcast <16 x i32> %pairs to <32 x bfloat>
+  %w1 = insertelement <16 x i32> poison, i32 %weights, i64 0
+  %w16 = shufflevector <16 x i32> %w1, <16 x i32> poison, <16 x i32> zeroinitializer
+  %b = bitcast <16 x i32> %w16 to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %a, <32 x bfloat> %b)
+  ret <16 x float> %r
+}}
+define linkonce_odr <16 x i32> @{PAIRS_FUNCTION}(<16 x float> %even, <16 x float> %odd) #0 {{
+  %e = fptrunc <16 x float> %even to <16 x bfloat>
+  %o = fptrunc <16 x float> %odd to <16 x bfloat>
+  %i = shufflevector <16 x bfloat> %e, <16 x bfloat> %o, <32 x i32> <{_INTERLEAVE}>
+  %r = bitcast <32 x bfloat> %i to <16 x i32>
+  ret <16 x i32> %r
+}}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+attributes #0 = {{ alwaysinline nounwind }}
+"""
+
+
+# ---------------------------------------------------------------------------
+# Compute
+
+
+def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
+    """Whether a conv2d is one :func:`pointwise_conv2d` computes: 1x1, stride 1, no padding, dense, even input channels."""
+    return (tuple(int(d) for d in weight_shape[2:]) == (1, 1) and groups == 1 and int(weight_shape[1]) % 2 == 0
+            and all(int(s) == 1 for s in strides) and not any(int(p) for p in padding)
+            and all(int(d) == 1 for d in dilation))
+
+
+def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") -> te.Tensor:
+    """1x1 NCHW conv2d of the gathered input (see :mod:`.kernels`) with bf16 weights ``tensors[-1]``.
+
+    Inputs are rounded to bf16 (round to nearest even), products and sums
+    are fp32; the result has the input's dtype-independent NCHW shape.
+    """
+    *sources, weight = tensors
+    batch, _, height, width = (int(d) for d in sources[0].shape)
+    out_channels, channels = (int(d) for d in weight.shape[:2])
+    pixels = height * width
+    padded = -(-pixels // LANES) * LANES
+
+    def read(n, c, p):
+        return gather.read(sources, n, c, p // _i64(width), p % _i64(width))
+
+    if len(sources) > 1 or padded == pixels:
+        # Several tensors: the choice between them once per input element, not once per output channel.
+        # One: a flat copy, whose rows of 16 pixels the conversion to bf16 reads whole.
+        gathered = te.compute(_shape(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
+        read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
+    if padded > pixels:
+        real = read
+        flat = te.compute(_shape(batch, channels, padded),
+                          lambda n, c, p: tir.if_then_else(p < _i64(pixels), real(n, c, p), tir.const(0, "float32")),
+                          name=PAD)
+        read = lambda n, c, p: flat[n, c, p]  # noqa: E731
+    pairs = te.compute(_shape(batch, channels // 2, padded, 2),
+                       lambda n, k, p, j: read(n, k * _i64(2) + j, p).astype("bfloat16"), name=PAIRS)
+    k = te.reduce_axis((_i64(0), _i64(channels // 2)), "rk")
+    j = te.reduce_axis((_i64(0), _i64(2)), "rj")
+    zero = _i64(0)
+    conv = te.compute(_shape(batch, out_channels, padded),
+                      lambda n, o, p: te.sum(pairs[n, k, p, j].astype(out_dtype)
+                                             * weight[o, k * _i64(2) + j, zero, zero].astype(out_dtype), axis=[k, j]),
+                      name=CONV)
+    return te.compute(_shape(batch, out_channels, height, width),
+                      lambda n, o, h, w: conv[n, o, h * _i64(width) + w], name=CROP)
+
+
+def _i64(value: int):
+    return tir.IntImm("int64", value)
+
+
+def _shape(*dims: int) -> tuple:
+    return tuple(_i64(d) for d in dims)
+
+
+# ---------------------------------------------------------------------------
+# Tensor intrinsics
+
+
+@functools.lru_cache(maxsize=None)
+def register_intrinsics() -> None:
+    """Register the two tensor intrinsics with TVM (once per process)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    I64 = T.int64
+
+    @T.prim_func(s_tir=True)
+    def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        B = T.match_buffer(b, (I64(2),), "bfloat16", offset_factor=2)
+        C = T.match_buffer(c, (I64(16),), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(2)], B[I64(0):I64(2)])
+            T.writes(C[I64(0):I64(16)])
+            for i, k in T.grid(I64(16), I64(2)):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("float32", A[vi, vk]) * T.Cast("float32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        B = T.match_buffer(b, (I64(2),), "bfloat16", offset_factor=2)
+        C = T.match_buffer(c, (I64(16),), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(2)], B[I64(0):I64(2)])
+            T.writes(C[I64(0):I64(16)])
+            A32 = T.decl_buffer((16,), "int32", data=A.data, elem_offset=A.elem_offset // 2)
+            B32 = T.decl_buffer((1,), "int32", data=B.data, elem_offset=B.elem_offset // 2)
+            C[T.ramp(0, 1, 16)] = T.call_extern("float32x16", DOT_FUNCTION, C[T.ramp(0, 1, 16)],
+                                                A32[T.ramp(0, 1, 16)], B32[0])
+
+    @T.prim_func(s_tir=True)
+    def pairs_desc(a: T.handle, b: T.handle) -> None:
+        s = T.int64()
+        A = T.match_buffer(a, (I64(2), I64(16)), "float32", strides=[s, 1], offset_factor=1)
+        B = T.match_buffer(b, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        with T.sblock("root"):
+            T.reads(A[I64(0):I64(2), I64(0):I64(16)])
+            T.writes(B[I64(0):I64(16), I64(0):I64(2)])
+            for i, j in T.grid(I64(16), I64(2)):
+                with T.sblock("convert"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    B[vi, vj] = T.Cast("bfloat16", A[vj, vi])
+
+    @T.prim_func(s_tir=True)
+    def pairs_impl(a: T.handle, b: T.handle) -> None:
+        s = T.int64()
+        A = T.match_buffer(a, (I64(2), I64(16)), "float32", strides=[s, 1], offset_factor=1)
+        B = T.match_buffer(b, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        with T.sblock("root"):
+            T.reads(A[I64(0):I64(2), I64(0):I64(16)])
+            T.writes(B[I64(0):I64(16), I64(0):I64(2)])
+            B32 = T.decl_buffer((16,), "int32", data=B.data, elem_offset=B.elem_offset // 2)
+            B32[T.ramp(0, 1, 16)] = T.call_extern("int32x16", PAIRS_FUNCTION, A[0, T.ramp(0, 1, 16)],
+                                                  A[1, T.ramp(0, 1, 16)])
+
+    TensorIntrin.register(DOT_INTRIN, dot_desc, dot_impl, override=True)
+    TensorIntrin.register(PAIRS_INTRIN, pairs_desc, pairs_impl, override=True)
+
+
+# ---------------------------------------------------------------------------
+# Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """Tile sizes of the bf16 1x1 schedule (AVX-512: 32 vector registers)."""
+
+    accumulators: int = 30  # registers of sums (output channels x pixel vectors); the input vector and spare take 2
+    tile_vectors: int = 4  # pixel vectors per input tile (converted once, read by every channel tile)
+    unroll_limit: int = 64
+
+
+TILES = Tiles()
+# Iterations below this run on one thread: waking the pool costs more.
+MIN_PARALLEL_WORK = 4096
+
+
+def has_native_bf16(target) -> bool:
+    """Whether the LLVM target computes bf16 dot products (AVX512_BF16)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(codegen.target_has_features("avx512bf16", target))
+    except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
+        return False
+
+
+class PointwiseBF16(dlight.ScheduleRule):
+    """The kernels of :func:`pointwise_conv2d` (a block named ``conv2d_bf16``), with their fused epilogue."""
+
+    def __init__(self, tiles: Tiles = TILES):
+        self.tiles = tiles
+
+    def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
+        if target.kind.name != "llvm" or not isinstance(func, tir.PrimFunc):
+            return None
+        sch = Schedule(func)
+        found = _find(sch)
+        if found is None:
+            return None
+        if has_native_bf16(target):
+            _schedule_native(sch, found, self.tiles)
+        else:
+            _schedule_storage_only(sch, found, self.tiles)
+        return sch
+
+
+@dataclasses.dataclass
+class _Blocks:
+    gather: object
+    pad: object
+    pairs: object
+    conv: object
+    crop: object
+    epilogue: list
+
+
+def _find(sch: Schedule) -> _Blocks | None:
+    """The stages of a :func:`pointwise_conv2d` kernel by name, or None when ``sch`` is another kernel."""
+    blocks = list(child_blocks(sch))
+    names = [sch.get(b).name_hint for b in blocks]
+    if CONV not in names or PAIRS not in names or CROP not in names:
+        return None
+    position = {name: i for i, name in enumerate(names)}
+    crop_at = position[CROP]
+    if not position[PAIRS] < position[CONV] < crop_at:
+        return None
+    prologue = {GATHER, PAD, PAIRS}
+    if any(name not in prologue for name in names[:position[CONV]]):
+        return None
+    return _Blocks(gather=blocks[position[GATHER]] if GATHER in position else None,
+                   pad=blocks[position[PAD]] if PAD in position else None,
+                   pairs=blocks[position[PAIRS]], conv=blocks[position[CONV]], crop=blocks[crop_at],
+                   epilogue=blocks[crop_at + 1:])
+
+
+def _fold_epilogue(sch: Schedule, found: _Blocks):
+    """The crop with the elementwise chain after it folded in, iterating flat pixels (n, o, h * W + w)."""
+    for block in reversed(found.epilogue):
+        sch.reverse_compute_inline(block)
+    width = iter_extents(sch, found.crop)[3]
+    sch.transform_block_layout(found.crop, lambda n, o, h, w: (n, o, h * width + w))
+    return found.crop
+
+
+def _plan(sch: Schedule, found: _Blocks, tiles: Tiles) -> tuple[int, int, int, int]:
+    """(out channels, padded pixels, real pixels, pixels per input tile)."""
+    _, out_channels, padded = iter_extents(sch, found.conv)[:3]
+    pixels = iter_extents(sch, found.crop)[2]
+    if padded == pixels:
+        vectors = padded // LANES
+        tile = LANES * max(t for t in range(1, tiles.tile_vectors + 1) if vectors % t == 0)
+    else:
+        tile = padded  # one tile: the epilogue then reads whole rows of real pixels
+    return out_channels, padded, pixels, tile
+
+
+def _schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles) -> None:
+    register_intrinsics()
+    outer = _tile(sch, found, tiles, lanes=LANES, native=True)
+    _convert_pairs(sch, found.pairs)
+    sch.annotate(outer, "pragma_import_llvm", LLVM_IR)
+
+
+def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles) -> None:
+    """fp32 FMAs on bf16 values widened in registers: the input stored [K / 2, 2, pixels], weights packed."""
+    sch.transform_layout(found.pairs, ("write", 0), lambda n, k, p, j: (n, k, j, p))
+    sch.transform_block_layout(found.pairs, lambda n, k, p, j: (n, k, j, p))
+    _tile(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, native=False)
+    *_, last = sch.get_loops(found.pairs)
+    _vectorize_divisor(sch, last)
+
+
+def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool):
+    """Sums of ``channels x vectors`` in registers per pixel chunk; the stages per tile or per plane; the epilogue per channel tile.
+
+    Returns the outermost (parallel) loop.
+    """
+    crop = _fold_epilogue(sch, found)
+    out_channels, padded, pixels, tile = _plan(sch, found, tiles)
+    oc, vectors = _register_tile(out_channels, tile // lanes, tiles.accumulators)
+    conv = found.conv
+    writeback = sch.cache_write(conv, 0, "local")
+    n, o, p, k, j = sch.get_loops(conv)
+    p_out, chunk, vector, lane = sch.split(p, [padded // tile, tile // (lanes * vectors), vectors, lanes])
+    o_out, o_in = sch.split(o, [None, oc])
+    if native:
+        sch.reorder(n, p_out, o_out, chunk, k, o_in, vector, lane, j)
+    else:
+        sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
+    sch.reverse_compute_at(writeback, chunk)
+    sch.reverse_compute_at(crop, o_out)
+    _vectorize_inner(sch, crop)
+    _vectorize_inner(sch, writeback)
+    sch.unroll(o_in)
+    sch.unroll(vector)
+    _pack_weights(sch, conv, oc, pairs=native)  # before tensorize: the intrinsic reads a weight pair as one word
+    if not native:
+        sch.vectorize(lane)
+    if padded // tile > 1:
+        outer = sch.fuse(n, p_out)
+        _stages_at(sch, found, outer)
+    else:
+        outer = sch.fuse(n, p_out, o_out)
+        _stages_at_root(sch, found)
+    _parallel(sch, outer, padded * out_channels)
+    # Last: compute_at needs the reduction whole, and a tensorized block as its consumer.
+    sch.decompose_reduction(conv, k)
+    if native:
+        sch.tensorize(lane, DOT_INTRIN)
+    return outer
+
+
+def _register_tile(channels: int, vectors: int, accumulators: int) -> tuple[int, int]:
+    """(output channels, pixel vectors) of a tile of sums: divisors of both, as many sums as fit, more channels first.
+
+    The channels divide the output channels because a tensorized step cannot
+    carry the bounds test of a partial tile (ShuffleNet's 58, 116, 232 and
+    464 channels take tiles of 29).
+    """
+    pairs = [(c, v) for c in range(1, min(channels, accumulators) + 1) if channels % c == 0
+             for v in range(1, min(vectors, accumulators) + 1) if vectors % v == 0 and c * v <= accumulators]
+    return max(pairs, key=lambda cv: (cv[0] * cv[1], cv[0]))
+
+
+def _stages_at(sch: Schedule, found: _Blocks, loop) -> None:
+    """The input stages computed per pixel tile, inside ``loop``."""
+    for block in (found.pairs, found.pad, found.gather):
+        if block is not None:
+            sch.compute_at(block, loop)
+    _vectorize_stages(sch, found)
+
+
+def _stages_at_root(sch: Schedule, found: _Blocks) -> None:
+    """The input stages computed once for the whole plane, each shared among the threads by channel."""
+    for block in (found.pad, found.gather):
+        if block is not None:
+            sch.parallel(sch.get_loops(block)[1])
+    sch.parallel(sch.get_loops(found.pairs)[1])
+    _vectorize_stages(sch, found)
+
+
+def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
+    if found.gather is not None:
+        *_, last = sch.get_loops(found.gather)
+        _vectorize_divisor(sch, last)
+    if found.pad is not None:
+        loops = sch.get_loops(found.pad)
+        if sch.can_decompose_padding(found.pad, loops[-1]):
+            sch.decompose_padding(found.pad, loops[-1])
+            *_, last = sch.get_loops(found.pad)
+            _vectorize_divisor(sch, last)
+
+
+def _convert_pairs(sch: Schedule, pairs) -> None:
+    """The bf16 input written 16 pixels x 2 channels at a time by the conversion intrinsic."""
+    *_, p, j = sch.get_loops(pairs)
+    _, lane = sch.split(p, [None, LANES])
+    sch.tensorize(lane, PAIRS_INTRIN)
+
+
+def _vectorize_inner(sch: Schedule, block) -> None:
+    """Vectorize a divisor of a block's innermost loop."""
+    _vectorize_divisor(sch, sch.get_loops(block)[-1])
+
+
+def _vectorize_divisor(sch: Schedule, loop) -> None:
+    extent = int(sch.get(loop).extent)
+    lanes = next(t for t in (LANES, 8, 14, 7, 4, 2, 1) if extent % t == 0)
+    if lanes > 1:
+        sch.vectorize(sch.split(loop, [None, lanes])[1] if lanes < extent else loop)
+
+
+def _pack_weights(sch: Schedule, conv, oc: int, *, pairs: bool) -> None:
+    """bf16 weights stored the way the tiles read them, ``[O / oc, K / 2, oc, 2]`` (a build-time copy, see cpu._pack_weights)."""
+    params = list(sch.mod["main"].params)
+    for index, read in enumerate(sch.get(conv).reads):
+        buffer = read.source
+        if len(buffer.shape) == 4 and str(buffer.dtype) == "bfloat16" \
+                and any(param.same_as(buffer) for param in params):
+            break
+    else:
+        return
+    packed = sch.cache_read(conv, index, "global")
+    if pairs:
+        layout = lambda o, k, h, w: (o // oc, k // 2, o % oc, k % 2)  # noqa: E731
+    else:
+        layout = lambda o, k, h, w: (o // oc, k, o % oc)  # noqa: E731 - one weight per step
+    sch.transform_layout(packed, ("write", 0), layout, assume_injective_transform=True)
+    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    return max(t for t in range(1, min(extent, limit) + 1) if extent % t == 0)
+
+
+def _parallel(sch: Schedule, loop, work: int) -> None:
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(loop)
+    sch.annotate(loop, "pragma_auto_unroll_max_step", TILES.unroll_limit)
+    sch.annotate(loop, "pragma_unroll_explicit", 1)
+
+
+# ---------------------------------------------------------------------------
+# Graph passes (Relax), run by ``passes.optimize`` for ``precision="bf16"``
+
+
+def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Every 1x1 conv2d (NCHW, dense, stride 1, constant weights, even input channels) with its weights in bf16.
+
+    The conv keeps an fp32 input and output (``out_dtype``). Runs before the
+    channel-shuffle fusion, which carries the bf16 weights into the
+    convolutions it rewrites (:func:`.kernels.gathered_conv2d` then computes
+    them with :func:`pointwise_conv2d`).
+    """
+    import ml_dtypes
+    import numpy as np
+
+    from tvm_shuffle import passes
+    from tvm_shuffle.tvm_compat import Constant, relax
+
+    def convert(call, _builder):
+        if not _is_conv(call) or not isinstance(call.args[1], Constant):
+            return call
+        weight = call.args[1].value.numpy()
+        attrs = call.attrs
+        if (weight.dtype != np.float32 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                or attrs.out_layout not in ("NCHW", "")
+                or not is_pointwise(weight.shape, attrs.strides, attrs.padding, attrs.dilation, int(attrs.groups))):
+            return call
+        return relax.op.nn.conv2d(call.args[0], relax.const(weight.astype(ml_dtypes.bfloat16)), strides=attrs.strides,
+                                  padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
+                                  data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="float32")
+
+    return passes.rewrite_calls(mod, convert)
+
+
+def lower_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """The conv2d calls with bf16 weights that the fusion left as they were, as :func:`pointwise_conv2d` kernels."""
+    from tvm_shuffle import passes
+    from tvm_shuffle.schedules import kernels
+
+    def lower(call, builder):
+        if not _is_conv(call) or str(call.args[1].ty.dtype) != "bfloat16":
+            return call
+        channels = int(call.args[0].ty.shape.values[1])
+        compute = functools.partial(pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
+                                    out_dtype="float32")
+        return builder.call_te(compute, *call.args, primfunc_name_hint=CONV)
+
+    return passes.rewrite_calls(mod, lower)
+
+
+def _is_conv(call) -> bool:
+    from tvm_shuffle.tvm_compat import relax, tvm
+
+    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d")

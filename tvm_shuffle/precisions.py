@@ -1,0 +1,72 @@
+"""Numeric precisions a model can be built in, as a registry of plain data.
+
+Inputs and outputs of a bundle are fp32 in every precision; a precision
+says how the convolutions inside store their weights and compute. The CLIs'
+``--precision`` choices and the tests' parametrization come from
+:data:`PRECISIONS`. No imports of TVM or torch here: ``--help`` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tvm_shuffle.errors import unknown_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """One precision: what it means, which targets compute it natively, and what the others do."""
+
+    name: str
+    description: str
+    # Target family -> LLVM/CUDA features any of which computes it natively; a family not listed
+    # never does (its build falls back, see ``fallback``).
+    native: dict[str, tuple[str, ...]]
+    fallback: str  # what a target without those features computes, in words
+    # Relative logit error against fp32 that the tests hold a build of this precision to.
+    tolerance: float = 0.0
+
+    def native_on(self, spec, target=None) -> bool:
+        """Whether ``spec``'s target computes this precision with its own instructions."""
+        features = self.native.get(spec.family)
+        if features is None:
+            return False
+        if not features:
+            return True
+        from tvm.target import codegen
+
+        target = target if target is not None else spec.tvm_target()
+        for feature in features:
+            try:
+                if codegen.target_has_features(feature, target):
+                    return True
+            except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
+                continue
+        return False
+
+    def mode(self, spec, target=None) -> str:
+        """``"native"`` or ``"storage-only"`` on ``spec`` (what the build and manifest say)."""
+        return "native" if self.native_on(spec, target) else "storage-only"
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", "fp32 weights and arithmetic", native={"x86": (), "arm": (), "cuda": ()},
+              fallback="", tolerance=1e-4),
+    Precision("bf16",
+              "1x1 convolutions with bf16 weights and bf16 inputs, fp32 sums (AVX512_BF16 vdpbf16ps on x86); "
+              "depthwise convolutions, the stem and the classifier stay fp32",
+              native={"x86": ("avx512bf16",)},
+              fallback="bf16 storage only: weights stored in bf16 and widened to fp32 in registers, fp32 FMAs",
+              tolerance=2e-2),
+)}
+DEFAULT = "fp32"
+
+
+def get(name: str) -> Precision:
+    """The precision called ``name``; one :class:`~tvm_shuffle.errors.UserError` naming the valid ones otherwise."""
+    if not isinstance(name, str) or name not in PRECISIONS:
+        raise unknown_name("precision", str(name), PRECISIONS)
+    return PRECISIONS[name]
+
+
+__all__ = ["Precision", "PRECISIONS", "DEFAULT", "get"]
