@@ -10,6 +10,8 @@ Laid out like TVM's dlight rules:
   convolution, its producers and epilogue), for the rules of both;
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
+* :mod:`.bf16` computes and schedules the bf16 1x1 convolutions of
+  ``--precision bf16`` (AVX512_BF16 dot products on x86);
 * :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
   thread a pixel of one or a few channels) and gives every other kernel
   ``tvm.s_tir.dlight``'s GPU rules.
@@ -37,15 +39,22 @@ def default_schedule_passes(spec) -> list:
     from tvm_shuffle.schedules import cpu, gpu
     from tvm_shuffle.tvm_compat import dlight
 
-    rules = cpu.default_rules() if spec.family in CPU_FAMILIES else gpu.default_rules()
+    rules = cpu_rules() if spec.family in CPU_FAMILIES else gpu.default_rules()
     return [dlight.ApplyDefaultSchedule(*rules)]
+
+
+def cpu_rules() -> tuple:
+    """The CPU rules: the bf16 1x1 convolutions' own (:mod:`.bf16`), then :func:`.cpu.default_rules`."""
+    from tvm_shuffle.schedules import bf16, cpu
+
+    return (bf16.PointwiseBF16(), *cpu.default_rules())
 
 
 def default_schedule(func, target):
     """The default schedule of one PrimFunc by our own rules (a ``Schedule``), or None when none applies."""
     from tvm_shuffle.schedules import cpu, gpu
 
-    for rule in cpu.default_rules() + gpu.custom_rules():
+    for rule in cpu_rules() + gpu.custom_rules():
         sch = rule.apply(func, target, False)
         if sch is not None:
             return sch

@@ -69,6 +69,9 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
                     row_multiple: int = 1) -> te.Tensor:
     """NCHW/OIHW conv2d of the gathered input; ``tensors`` are the sources then the weight.
 
+    A 1x1 convolution whose weights are bf16 (``--precision bf16``) is
+    :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` instead.
+
     The same arithmetic as Relax's legalized ``conv2d`` (``topi.nn.conv``), with
     the gather inlined into the input read (or into the padding stage, when
     there is padding), so no gathered copy of the input is ever stored whole
@@ -82,6 +85,10 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     garbage can be denormal, which costs a microcode assist per operation).
     """
     *sources, weight = tensors
+    if str(weight.dtype) == "bfloat16" and _bf16_pointwise(weight, strides, padding, dilation, groups):
+        from tvm_shuffle.schedules import bf16
+
+        return bf16.pointwise_conv2d(*tensors, gather=gather, out_dtype=out_dtype)
     batch, _, height, width = (int(d) for d in sources[0].shape)
     out_channels, in_per_group, kh, kw = (int(d) for d in weight.shape)
     out_per_group = out_channels // groups
@@ -141,6 +148,13 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     if wide_w == out_w:
         return conv
     return te.compute(shape[:3] + (_i64(out_w),), lambda n, o, y, x: conv[n, o, y, x], name=ROW_CROP)
+
+
+def _bf16_pointwise(weight: te.Tensor, strides, padding, dilation, groups: int) -> bool:
+    """A 1x1 convolution with bf16 weights: :func:`.bf16.pointwise_conv2d` computes it (bf16 inputs, fp32 sums)."""
+    from tvm_shuffle.schedules import bf16
+
+    return bf16.is_pointwise(weight.shape, strides, padding, dilation, groups)
 
 
 def depthwise_conv2d(data: te.Tensor, weight: te.Tensor, *, strides: Sequence[int], padding: Sequence[int],

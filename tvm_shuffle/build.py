@@ -230,7 +230,9 @@ def output_signature(mod: "tvm.IRModule") -> list[dict[str, Any]]:
 
 
 def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuffle: str,
-             build_seconds: float, database_digest: str | None = None) -> dict[str, Any]:
+             build_seconds: float, database_digest: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+    from tvm_shuffle import precisions
+
     return {
         "manifest_version": MANIFEST_VERSION,
         "model": imported.name,
@@ -242,6 +244,7 @@ def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuff
         "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "host": spec.host,
                    "arch": spec.runtime_arch},
         "shuffle": shuffle,
+        "precision": {"name": precision, "mode": precisions.get(precision).mode(spec)},
         "tuned": database_digest is not None,
         "tuning_database_digest": database_digest,
         "tvm_version": TVM_VERSION,
@@ -262,17 +265,28 @@ class Built:
 
 
 def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fused", database=None,
-                     database_digest: str | None = None, verbose: bool = False) -> Built:
-    """Optimize (:func:`tvm_shuffle.passes.optimize`) and build; ``database`` applies tuned schedules."""
+                     database_digest: str | None = None, verbose: bool = False, precision: str = "fp32") -> Built:
+    """Optimize (:func:`tvm_shuffle.passes.optimize`) and build; ``database`` applies tuned schedules.
+
+    ``precision`` (:mod:`tvm_shuffle.precisions`) is recorded in the manifest
+    with its mode on this target: ``native``, or ``storage-only`` where the
+    target has no instructions for it (said on stderr).
+    """
+    from tvm_shuffle import precisions
+
     start = time.perf_counter()
+    chosen = precisions.get(precision)
+    if chosen.mode(spec) == "storage-only":
+        print(f"note: {spec.name} has no {precision} instructions ({', '.join(chosen.native.get('x86', ()))} on x86): "
+              f"{chosen.fallback}", file=sys.stderr)
     report = schedules.FusionReport()
-    mod = passes.optimize(imported.mod, shuffle=shuffle, report=report)
+    mod = passes.optimize(imported.mod, shuffle=shuffle, report=report, precision=precision)
     if verbose:
         print(passes.describe_change(imported.mod, mod), file=sys.stderr)
         print(report.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
-                    database_digest=database_digest)
+                    database_digest=database_digest, precision=precision)
     return Built(executable, mod, spec, info)
 
 

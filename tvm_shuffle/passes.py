@@ -75,10 +75,13 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
     return out
 
 
-def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None) -> "tvm.IRModule":
+def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precision: str = "fp32") -> "tvm.IRModule":
     """Graph passes in order: constant folding, BN folding, channel-shuffle fusion.
 
     ``report`` (a ``schedules.FusionReport``) is filled in by the fusion when given.
+    ``precision="bf16"`` stores the 1x1 convolutions' weights in bf16 before the
+    fusion and makes every such convolution a bf16 kernel after it
+    (:mod:`tvm_shuffle.schedules.bf16`).
     """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, not {shuffle!r}")
@@ -91,10 +94,16 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None) -> "tv
                                     relax.transform.DeadCodeElimination()])(mod)
     from tvm_shuffle.schedules import fuse_shuffles, report_stock
 
+    if precision == "bf16":
+        from tvm_shuffle.schedules import bf16
+
+        mod = bf16.store_weights_bf16(mod)
     if shuffle == "fused":
         mod = fuse_shuffles(mod, report)
     elif report is not None:
         report_stock(mod, report)
+    if precision == "bf16":
+        mod = bf16.lower_convs(mod)
     return mod
 
 
