@@ -180,6 +180,12 @@ def resolve_target(target: str | TargetSpec) -> TargetSpec:
     return spec
 
 
+def _check_precision(precision: str) -> None:
+    from tvm_shuffle import precisions
+
+    precisions.get(precision)
+
+
 def _check_shuffle(shuffle: str) -> None:
     if shuffle not in SHUFFLE_MODES:
         raise UserError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, not {shuffle!r}")
@@ -199,41 +205,51 @@ def _import(model, *, input_shape, example_inputs, weights, quiet: bool) -> Impo
     return imported
 
 
-def records_dir(imported: Imported, spec: TargetSpec, work_dir: str | os.PathLike, shuffle: str) -> Path:
-    """Where :func:`tune` keeps this model's records for this target."""
+def records_dir(imported: Imported, spec: TargetSpec, work_dir: str | os.PathLike, shuffle: str,
+                precision: str = "fp32") -> Path:
+    """Where :func:`tune` keeps this model's records for this target (a precision other than fp32 has its own)."""
     from tvm_shuffle.tuning import database
 
-    return database.database_dir(work_dir, spec, imported.name, imported.input_shape, shuffle)
+    variant = shuffle if precision == "fp32" else f"{shuffle}-{precision}"
+    return database.database_dir(work_dir, spec, imported.name, imported.input_shape, variant)
 
 
 def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[int] | None = None,
             example_inputs=None, shuffle: str = "fused", quiet: bool = False, weights: str | None = None,
-            work_dir: str | os.PathLike | None = None, verbose: bool = False) -> Compiled:
+            work_dir: str | os.PathLike | None = None, verbose: bool = False, precision: str = "fp32") -> Compiled:
     """Import, optimize and build ``model`` for ``target`` with the default schedules (no measuring).
 
     ``work_dir``: build with the tuned schedules that :func:`tune` recorded
     there instead (:class:`~tvm_shuffle.errors.MissingRecords` when there are
     none). ``shuffle="stock"`` leaves channel shuffles as separate kernels.
-    ``verbose`` prints what the graph passes changed.
+    ``precision="bf16"`` computes the 1x1 convolutions with bf16 weights and
+    inputs and fp32 sums (:data:`tvm_shuffle.precisions.PRECISIONS`); inputs
+    and outputs stay fp32. ``verbose`` prints what the graph passes changed.
     """
     from tvm_shuffle import build
 
     spec = resolve_target(target)
     _check_shuffle(shuffle)
+    _check_precision(precision)
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights, quiet=quiet)
     start = time.perf_counter()
     if work_dir is None:
-        compiled = Compiled(build.compile_imported(imported, spec, shuffle=shuffle, verbose=verbose), imported)
+        compiled = Compiled(build.compile_imported(imported, spec, shuffle=shuffle, verbose=verbose,
+                                                   precision=precision), imported)
     else:
-        compiled = _compile_from_records(imported, spec, Path(work_dir), shuffle)
+        compiled = _compile_from_records(imported, spec, Path(work_dir), shuffle, precision)
     _log(quiet, f"built {imported.name} for {spec.name} in {time.perf_counter() - start:.1f} s")
     return compiled
 
 
-def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, shuffle: str) -> Compiled:
+def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, shuffle: str,
+                          precision: str = "fp32") -> Compiled:
     from tvm_shuffle.tuning import database, in_model
 
-    directory = records_dir(imported, spec, work_dir, shuffle)
+    directory = records_dir(imported, spec, work_dir, shuffle, precision)
+    if precision != "fp32":
+        raise MissingRecords(f"no tuning database in {directory}: tuning is fp32 only for now, {precision} builds "
+                             "use the default schedules (compile without work_dir)")
     records = directory / database.RECORDS
     if not records.is_file() or not records.read_bytes().strip():
         raise MissingRecords(f"no tuning database in {directory} (records of {imported.name} on {spec.name})")
@@ -258,7 +274,8 @@ def model_flags(model, input_shape: Sequence[int] | None = None) -> str:
 def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
          work_dir: str | os.PathLike = WORK_DIR, rpc_tracker: str | None = None, rpc_key: str | None = None,
          rpc_timeout: float | None = None, progress: bool = True, input_shape: Sequence[int] | None = None,
-         example_inputs=None, shuffle: str = "fused", weights: str | None = None, wait: bool = True) -> Compiled:
+         example_inputs=None, shuffle: str = "fused", weights: str | None = None, wait: bool = True,
+         precision: str = "fp32") -> Compiled:
     """Tune ``model`` for ``target`` with MetaSchedule, then build it with the tuned kernels.
 
     ``trials`` counts every candidate measured for this model and target,
@@ -269,6 +286,9 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     log lines instead of a progress bar. ``wait=False`` fails at once when
     another tune holds the same records. Ctrl-C raises
     :class:`~tvm_shuffle.errors.Interrupted` with every record kept.
+    ``precision`` other than fp32 is refused for now: the tuning session
+    builds its tasks in fp32 (bf16 builds use the default schedules,
+    :func:`compile`).
     """
     from tvm_shuffle.tuning import database, in_model, rpc, runner, session
 
@@ -276,6 +296,11 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
         raise UserError(f"trials must be >= 0, not {trials}")
     spec = resolve_target(target)
     _check_shuffle(shuffle)
+    _check_precision(precision)
+    if precision != "fp32":
+        raise UserError(f"tuning is fp32 only for now; build {precision} with the default schedules: "
+                        f"tvm_shuffle.compile(..., precision={precision!r}) or python -m tvm_shuffle.compile "
+                        f"--precision {precision}")
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
     if not rpc_tracker and not runner.runs_here(spec):

@@ -13,7 +13,7 @@ import sys
 import types
 from typing import Callable
 
-from tvm_shuffle import defaults, targets
+from tvm_shuffle import defaults, precisions, targets
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.tuning import rpc
 
@@ -31,13 +31,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, default: str = "x86") -> None:
-    """--target / --target-file, --shuffle."""
+    """--target / --target-file, --shuffle, --precision."""
     parser.add_argument("--target", default=default, metavar="TARGET",
                         help=f"one of: {', '.join(targets.names())} (default: {default})")
     parser.add_argument("--target-file", metavar="FILE",
                         help="a board described in JSON with the fields of a target preset; overrides --target")
     parser.add_argument("--shuffle", choices=defaults.SHUFFLE_MODES, default=defaults.SHUFFLE_MODES[0],
                         help="fused: fold channel shuffles into neighbouring kernels (default); stock: leave them")
+    parser.add_argument("--precision", choices=list(precisions.PRECISIONS), default=precisions.DEFAULT,
+                        help="; ".join(f"{p.name}: {p.description}" for p in precisions.PRECISIONS.values())
+                        + f" (default: {precisions.DEFAULT}; inputs and outputs stay fp32)")
 
 
 def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:

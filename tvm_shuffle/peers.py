@@ -6,7 +6,10 @@ version, and how to turn a :class:`Workload` (the model as a PyTorch module,
 an ONNX file and a Relax module) into a :class:`Session` that maps one numpy
 input to the model's first output. Every engine gets the same thread count;
 every engine computes in fp32 (OpenVINO and ncnn would otherwise pick bf16 or
-fp16 on some CPUs, which changes both speed and numerics).
+fp16 on some CPUs, which changes both speed and numerics), except the rows
+that say otherwise: ``tvm_shuffle-bf16`` and ``openvino-default`` (what a user
+gets from OpenVINO without settings), whose numerics the report gives against
+fp32 PyTorch.
 
 An engine that cannot run a workload raises :class:`Unavailable` with the
 reason, which the report shows in that engine's row; anything else an engine
@@ -81,6 +84,7 @@ class Workload:
     scratch: Path
     work_dir: Path
     shuffle: str = "fused"
+    precision: str = "fp32"  # of the tvm_shuffle-tuned and -untuned rows
     torch_module: Any = None
     onnx_file: Path | None = None
     tracker: Any = None  # tvm_shuffle.tuning.rpc.Tracker
@@ -180,14 +184,22 @@ def _quiet_fds():
 
 def _tvm_tuned(w: Workload) -> Session:
     try:
-        compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, work_dir=w.work_dir, quiet=True)
+        compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, work_dir=w.work_dir, quiet=True,
+                               precision=w.precision)
     except MissingRecords as err:
         raise Unavailable(f"{err}; create them with: {w.tune_command}") from None
-    return _tvm_session(w, compiled, dict(compiled.records))
+    return _tvm_session(w, compiled, {**compiled.records, "precision": compiled.manifest["precision"]})
 
 
 def _tvm_untuned(w: Workload) -> Session:
-    return _tvm_session(w, api.compile(w.imported, w.spec, shuffle=w.shuffle, quiet=True), {})
+    compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, quiet=True, precision=w.precision)
+    return _tvm_session(w, compiled, {"precision": compiled.manifest["precision"]})
+
+
+def _tvm_bf16(w: Workload) -> Session:
+    """Default schedules, 1x1 convolutions in bf16 (``precision="bf16"``; storage only without AVX512_BF16)."""
+    compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, quiet=True, precision="bf16")
+    return _tvm_session(w, compiled, {"precision": compiled.manifest["precision"]})
 
 
 def _tvm_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
@@ -282,11 +294,13 @@ def _onnxruntime(w: Workload) -> Session:
     return Session(run=lambda x: session.run(None, {name: x})[0])
 
 
-def _openvino(w: Workload) -> Session:
+def _openvino(w: Workload, *, precision: str | None = "f32") -> Session:
+    """OpenVINO's CPU plugin; ``precision=None`` leaves its inference precision to OpenVINO (bf16 on CPUs with AVX512_BF16 or AMX)."""
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": w.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": "f32"}
+    config = {"INFERENCE_NUM_THREADS": w.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
     try:
         compiled = ov.Core().compile_model(str(w.onnx()), "CPU", config)
     except Unavailable:
@@ -294,7 +308,12 @@ def _openvino(w: Workload) -> Session:
     except Exception as err:
         raise Unavailable(f"OpenVINO cannot compile the model: {first_line(err)}") from None
     request = compiled.create_infer_request()
-    return Session(run=lambda x: np.array(request.infer([x])[0]))
+    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return Session(run=lambda x: np.array(request.infer([x])[0]), details={"inference_precision": used})
+
+
+def _openvino_default(w: Workload) -> Session:
+    return _openvino(w, precision=None)
 
 
 def _ncnn(w: Workload) -> Session:
@@ -367,6 +386,10 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            note="built from the work directory's MetaSchedule database"),
     Engine("tvm_shuffle-untuned", "tvm_shuffle untuned", ("tvm",), "apache-tvm==0.27.0.post1",
            ("apache-tvm", "tvm_shuffle"), _tvm_untuned, remote=True, note="default schedules, no tuning"),
+    Engine("tvm_shuffle-bf16", "tvm_shuffle bf16", ("tvm",), "apache-tvm==0.27.0.post1",
+           ("apache-tvm", "tvm_shuffle"), _tvm_bf16, remote=True,
+           note="default schedules; 1x1 convolutions with bf16 weights and inputs, fp32 sums (vdpbf16ps with "
+                "AVX512_BF16, else bf16 storage only); the rest fp32"),
     Engine("pytorch", "PyTorch eager", ("torch",), "torch==2.13.0", ("torch",), _torch_eager,
            note="inference_mode"),
     Engine("torch.compile", "torch.compile", ("torch",), "torch==2.13.0", ("torch",), _torch_compile,
@@ -375,6 +398,9 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            note="CPU execution provider, all graph optimizations, sequential"),
     Engine("openvino", "OpenVINO", ("openvino",), "openvino", ("openvino",), _openvino,
            note="CPU plugin, LATENCY hint, one stream, f32 precision"),
+    Engine("openvino-default", "OpenVINO (default precision)", ("openvino",), "openvino", ("openvino",),
+           _openvino_default, note="CPU plugin, LATENCY hint, one stream, OpenVINO's own inference precision "
+                                   "(bf16 where the CPU has it; the row's details say which it used)"),
     Engine("ncnn", "ncnn (pnnx)", ("ncnn", "pnnx"), "ncnn pnnx", ("ncnn", "pnnx"), _ncnn,
            note="converted with pnnx (fp32 weights), fp16/bf16 storage off, no Vulkan"),
 )}

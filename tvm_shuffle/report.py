@@ -108,10 +108,11 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def numerics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | None) -> dict[str, Any]:
-    """Max abs error and top-1 agreement (over inputs x batch rows) against the reference outputs."""
+    """Max abs error, relative logit error (``|out - ref| / |ref|``, the worst input) and top-1 agreement
+    (over inputs x batch rows) against the reference outputs."""
     if not reference:
         return {"max_abs_err": None, "top1_agreement": None, "numerics_note": "no reference engine ran"}
-    errors, agree, rows = [], 0, 0
+    errors, relative, agree, rows = [], [], 0, 0
     for out, ref in zip(outputs, reference):
         out = np.asarray(out, dtype=np.float64)
         if out.size != ref.size:
@@ -119,15 +120,17 @@ def numerics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | No
                     "numerics_note": f"output shape {out.shape} does not match the reference's {ref.shape}"}
         out = out.reshape(ref.shape)
         errors.append(float(np.abs(out - ref).max()))
+        relative.append(float(np.linalg.norm(out - ref) / max(float(np.linalg.norm(ref)), 1e-30)))
         flat_out, flat_ref = out.reshape(ref.shape[0], -1), ref.reshape(ref.shape[0], -1)
         agree += int((flat_out.argmax(1) == flat_ref.argmax(1)).sum())
         rows += ref.shape[0]
-    return {"max_abs_err": max(errors), "top1_agreement": agree / rows, "numerics_note": ""}
+    return {"max_abs_err": max(errors), "rel_logit_err": max(relative), "top1_agreement": agree / rows,
+            "numerics_note": ""}
 
 
 def _row(engine: engines_registry.Engine, status: str, reason: str = "", **extra) -> dict[str, Any]:
     return {"name": engine.name, "label": engine.label, "version": engine.version(), "status": status,
-            "reason": reason, "note": engine.note, **{k: None for k in _STAT_KEYS}, "max_abs_err": None,
+            "reason": reason, "note": engine.note, **{k: None for k in _STAT_KEYS}, "max_abs_err": None, "rel_logit_err": None,
             "top1_agreement": None, "numerics_note": "", "details": {}, **extra}
 
 
@@ -410,7 +413,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
            repeat: int = DEFAULT_REPEAT, rounds: int = DEFAULT_ROUNDS, numerics_inputs: int = DEFAULT_NUMERICS_INPUTS, rpc_tracker: str | None = None,
            rpc_key: str | None = None, rpc_timeout: float | None = None, zoo_table: bool = True,
            quiet: bool = False, input_shape: Sequence[int] | None = None, example_inputs=None,
-           shuffle: str = "fused", weights: str | None = None, command: str | None = None, log=None) -> Report:
+           shuffle: str = "fused", weights: str | None = None, command: str | None = None, log=None,
+           precision: str = "fp32") -> Report:
     """Measure ``model`` on every engine in ``peers_`` (default: all of :data:`tvm_shuffle.engines_registry.ENGINES`).
 
     Model sources are those of :func:`tvm_shuffle.compile`. ``threads`` go to
@@ -418,6 +422,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
     built from ``work_dir``'s records. Each engine runs ``repeat`` timed
     calls cut into ``rounds``, each round after ``warmup`` untimed calls.
     ``command`` is what the report says made it (default: this call).
+    ``precision`` is that of the tvm_shuffle tuned and untuned rows (the
+    ``tvm_shuffle-bf16`` row is always bf16).
     """
     from tvm_shuffle.tuning import runner
 
@@ -427,6 +433,7 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
     timing = Timing(warmup, repeat, rounds)
     timing.check()
     engines = engines_registry.select(peers)  # an unknown engine fails before the slow part
+    api._check_precision(precision)
     spec = api.resolve_target(target)
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
@@ -437,7 +444,7 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
         imported = import_model(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights)
         workload = engines_registry.Workload(
             name=imported.name, imported=imported, spec=spec, threads=threads_used, scratch=Path(scratch),
-            work_dir=Path(work_dir), shuffle=shuffle, torch_module=_torch_module(model, weights),
+            work_dir=Path(work_dir), shuffle=shuffle, precision=precision, torch_module=_torch_module(model, weights),
             onnx_file=_onnx_file(model, Path(scratch)), tracker=tracker, emulated=emulated,
             device_threads=threads if tracker else None,
             tune_command=tune_command(model, spec, input_shape=input_shape, work_dir=work_dir, shuffle=shuffle,
@@ -492,7 +499,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
         "device": device,
         "setup": {"threads": threads_used, "device_threads": workload.device_threads if tracker else threads_used,
                   "warmup": timing.warmup, "repeat": timing.repeat, "rounds": round_count,
-                  "numerics_inputs": len(inputs), "shuffle": shuffle, "reference": reference_name,
+                  "numerics_inputs": len(inputs), "shuffle": shuffle, "precision": precision,
+                  "reference": reference_name,
                   "work_dir": str(work_dir)},
         "engines": rows,
         "speedups": speedups(rows),
@@ -592,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     numerics_inputs=args.numerics_inputs, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                     rpc_timeout=args.rpc_timeout, zoo_table=not args.no_zoo_table, quiet=args.quiet,
                     input_shape=cli.input_shape(args), shuffle=args.shuffle, weights=args.weights,
+                    precision=args.precision,
                     command=shlex.join(["python", "-m", "tvm_shuffle.report", *argv]))
     for path in result.save(args.out):
         print(path)

@@ -24,7 +24,7 @@ CATEGORY_COLORS = {"compute": "#3b6fd8", "data movement": "#e0812f", "VM runtime
 ENGINE_COLORS = {"tvm_shuffle-tuned": "#1f8a4c", "tvm_shuffle-untuned": "#7cc29a"}
 DEFAULT_COLOR = "#3b6fd8"
 ENGINE_CSV_COLUMNS = ("name", "label", "version", "status", "reason", "median_ms", "p90_ms", "min_ms", "mean_ms",
-                      "std_ms", "max_abs_err", "top1_agreement", "numerics_note")
+                      "std_ms", "max_abs_err", "rel_logit_err", "top1_agreement", "numerics_note")
 KERNEL_CSV_COLUMNS = ("kernel", "category", "calls", "us", "share", "flops", "bytes", "gflops", "gbps",
                       "pct_peak_flops", "pct_peak_bw")
 MODEL_CSV_COLUMNS = ("name", "family", "groups", "width", "macs", "params", "paper_macs", "paper_params")
@@ -101,8 +101,18 @@ def engine_note(row: dict) -> str:
     """How the engine was configured, plus what it ran from (tuning records, remote device)."""
     details = row.get("details") or {}
     extra = [f"{details['trials']} trials in {details['database']}" if "trials" in details else "",
-             f"on the {details['device']}" if "device" in details else ""]
+             f"on the {details['device']}" if "device" in details else "",
+             f"computed in {details['inference_precision']}" if "inference_precision" in details else "",
+             _precision_words(details.get("precision")),
+             f"relative logit error {row['rel_logit_err']:.1e}" if row.get("rel_logit_err") else ""]
     return "; ".join([row["note"], *filter(None, extra)])
+
+
+def _precision_words(precision: dict | None) -> str:
+    """A tvm_shuffle row's precision, when it is not fp32 (a build's manifest ``precision``)."""
+    if not precision or precision.get("name") == "fp32":
+        return ""
+    return f"{precision['name']} ({precision['mode']})"
 
 
 ENGINE_HEADER = ("engine", "version", "median ms", "p90 ms", "min ms", "std ms", "max abs err", "top-1 agree")
