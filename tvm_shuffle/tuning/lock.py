@@ -28,6 +28,9 @@ from tvm_shuffle.errors import UserError
 LOCK_FILE = "tune.lock"
 REWRITE_LOCK_FILE = ".rewrite.lock"
 
+# Directories whose lock this process holds: a second acquire here would wait for itself forever.
+_HELD_HERE: set[str] = set()
+
 
 class RecordsBusy(UserError):
     """Another tune writes these records and the caller asked not to wait."""
@@ -47,6 +50,8 @@ class RecordsLock:
         directory = Path(directory)
         log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         path = directory / LOCK_FILE
+        if str(path.resolve()) in _HELD_HERE:
+            raise RuntimeError(f"this process already holds the records lock {path}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -65,6 +70,7 @@ class RecordsLock:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder_line().encode("utf-8"), 0)
+        _HELD_HERE.add(str(path.resolve()))
         return cls(directory, fd)
 
     @property
@@ -74,6 +80,7 @@ class RecordsLock:
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            _HELD_HERE.discard(str((self.directory / LOCK_FILE).resolve()))
             os.close(fd)  # closing the only descriptor drops the flock
 
     def __enter__(self) -> "RecordsLock":
