@@ -18,7 +18,7 @@ TINY_SHAPE = (1, 3, 16, 16)
 def zoo_at_full_size() -> list[str]:
     """The zoo models test_zoo compiles at their own input size: all v2 widths, v1 at 1.0x per group count.
 
-    test_shuffle checks the others at 1x3x32x32, so each zoo model is built
+    test_fusion checks the others at 1x3x32x32, so each zoo model is built
     and checked against PyTorch once (a build is most of a test's time).
     """
     return [name for name, spec in MODELS.items() if spec.family == "v2" or spec.width == 1.0]
