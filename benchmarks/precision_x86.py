@@ -1,0 +1,95 @@
+"""bf16 on this x86 machine: tvm_shuffle fp32 and bf16 against OpenVINO (f32 and its default precision) and ONNX Runtime.
+
+    python benchmarks/precision_x86.py [--model shufflenet_v2_x1_0] [--threads 2] [--repeat 200] [--rounds 10]
+
+Times, in interleaved rounds (each round times every engine once after its
+warm-up, so the engines of a round saw the same machine load), batch 1 at
+the model's input shape: tvm_shuffle untuned in fp32, tvm_shuffle untuned in
+bf16 (``precision="bf16"``), OpenVINO held to f32, OpenVINO with its default
+settings (it picks bf16 on CPUs with AVX512_BF16 or AMX; the table says what
+it used), ONNX Runtime fp32. Numerics of every engine against fp32 PyTorch
+(max abs error, relative logit error, top-1 agreement) come from the report
+(:func:`tvm_shuffle.report.report`). Prints each round's ratio of
+tvm_shuffle bf16 to the others and their range, and writes a Markdown table
+and the raw numbers as JSON to ``benchmarks/results/precision_x86_*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+ENGINES = ("tvm_shuffle-untuned", "tvm_shuffle-bf16", "openvino", "openvino-default", "onnxruntime")
+SUBJECT = "tvm_shuffle-bf16"
+
+
+def round_ratios(rows: dict, engine: str, baseline: str) -> list[float]:
+    """``engine``'s time over ``baseline``'s in each round."""
+    return [round(a / b, 3) for a, b in zip(rows[engine]["rounds_ms"], rows[baseline]["rounds_ms"])]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="shufflenet_v2_x1_0")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=200, help="timed runs per engine, all rounds together")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
+    args = parser.parse_args(argv)
+
+    from tvm_shuffle import machine, report
+    from tvm_shuffle.targets import get
+
+    result = report.report(args.model, "x86", peers=list(ENGINES), threads=args.threads, repeat=args.repeat,
+                           rounds=args.rounds, zoo_table=False, command="benchmarks/precision_x86.py")
+    rows = {r["name"]: r for r in result.engines}
+    failed = {name: row["reason"] for name, row in rows.items() if row["status"] != "ok"}
+    ratios = {base: round_ratios(rows, SUBJECT, base) for base in ENGINES
+              if base != SUBJECT and base not in failed and SUBJECT not in failed}
+    info = machine.describe(args.threads)
+    spec = get("x86")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    stem = f"precision_x86_{args.model}_{spec.target['mcpu']}_{args.threads}t_{stamp}"
+    lines = [f"# {args.model} 1x3x224x224, batch 1, {args.threads} threads, {info.get('cpu', platform.processor())}",
+             "", f"{args.rounds} interleaved rounds, {args.repeat} timed runs per engine in all. "
+             "Numerics against fp32 PyTorch on the report's random inputs.", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines += ["| engine | median ms | rounds (ms) | max abs err | rel logit err | top-1 | precision |",
+              "|---|---|---|---|---|---|---|"]
+    for name in ENGINES:
+        row = rows[name]
+        if row["status"] != "ok":
+            lines.append(f"| {row['label']} | {row['reason']} | | | | | |")
+            continue
+        details = row.get("details") or {}
+        precision = details.get("inference_precision") or (
+            f"{details['precision']['name']} ({details['precision']['mode']})" if details.get("precision") else "fp32")
+        rel, err, top1 = row.get("rel_logit_err"), row["max_abs_err"], row["top1_agreement"]
+        lines.append(f"| {row['label']} | {row['median_ms']:.3f} | {', '.join(f'{t:.2f}' for t in row['rounds_ms'])} "
+                     f"| {'-' if err is None else f'{err:.1e}'} | {'-' if rel is None else f'{rel:.1e}'} "
+                     f"| {'-' if top1 is None else f'{100 * top1:.0f}%'} "
+                     f"| {precision} |")
+    lines += ["", f"{rows[SUBJECT]['label']} time over each engine's, per round (below 1: tvm_shuffle bf16 faster):", ""]
+    for base, values in ratios.items():
+        lines.append(f"- {rows[base]['label']}: median {statistics.median(values):.2f}, range "
+                     f"{min(values):.2f}-{max(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"setup": vars(args), "machine": info, "engines": [{k: v for k, v in r.items() if k != "samples_ms"}
+                                                          for r in result.engines],
+         "ratios": ratios, "failed": failed}, indent=1, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS / stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
