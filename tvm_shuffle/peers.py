@@ -308,7 +308,8 @@ def _openvino(w: Workload, *, precision: str | None = "f32") -> Session:
     except Exception as err:
         raise Unavailable(f"OpenVINO cannot compile the model: {first_line(err)}") from None
     request = compiled.create_infer_request()
-    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: to_string() gives "bf16", "f32"
+    used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     return Session(run=lambda x: np.array(request.infer([x])[0]), details={"inference_precision": used})
 
 
