@@ -64,6 +64,7 @@ class LoopCounts:
     vector_stores: int = 0
     spills: int = 0  # stores to the stack
     reloads: int = 0  # loads from the stack
+    vector_spills: int = 0  # of the spills and reloads, those of FP/SIMD registers (the rest: general registers)
 
     @property
     def fma_share(self) -> float:
@@ -117,21 +118,27 @@ def parse_instruction(address: int, text: str) -> Instruction | None:
     return Instruction(address, mnemonic, operands, target)
 
 
-def innermost_loops(instructions: Sequence[Instruction], is_branch: Callable[[str], bool]) -> list[list[Instruction]]:
+def innermost_loops(instructions: Sequence[Instruction], is_branch: Callable[[str], bool],
+                    is_call: Callable[[str], bool] = lambda mnemonic: False) -> list[list[Instruction]]:
     """The bodies of the innermost loops: ranges closed by a backward branch that contain no other such range.
 
     A range with a return in it is not a loop: LLVM jumps back to a shared
     epilogue (``b <restore registers; ret>``) from code laid out after it.
+    A loop that calls a function is not innermost either: the callee's loop
+    is (a padding's row fill calls ``memset``), and the registers the loop
+    saves around the call follow the calling convention, not the tile.
     """
     if not instructions:
         return []
     first, last = instructions[0].address, instructions[-1].address
     returns = [i.address for i in instructions if i.mnemonic in RETURNS]
+    calls = [i.address for i in instructions if is_call(i.mnemonic)]
     loops = sorted({(i.target, i.address) for i in instructions
                     if i.target is not None and is_branch(i.mnemonic) and first <= i.target <= i.address <= last
                     and not any(i.target <= r <= i.address for r in returns)})
     inner = [(start, end) for start, end in loops
-             if not any((s, e) != (start, end) and start <= s and e <= end for s, e in loops)]
+             if not any((s, e) != (start, end) and start <= s and e <= end for s, e in loops)
+             and not any(start <= c <= end for c in calls)]
     return [[i for i in instructions if start <= i.address <= end] for start, end in inner]
 
 
@@ -162,10 +169,15 @@ _A64_VECTOR_REG = re.compile(r"^(v\d+\.\d*[bhsd]|[qd]\d+|z\d+(\.[bhsd])?)\b|^\{\
 _A64_FMA = {"fmla", "fmls", "fnmla", "fnmls", "fmad", "fmsb", "fnmad", "fnmsb", "bfmla", "fmlal", "fmlal2", "fmlsl",
             "fmlsl2"}
 _A64_SCALAR_FMA = {"fmadd", "fmsub", "fnmadd", "fnmsub"}
+_A64_FP_REG = re.compile(r"^(\{\s*)?[vqdshbz]\d+")
 
 
 def _a64_is_branch(mnemonic: str) -> bool:
     return mnemonic in ("b", "cbz", "cbnz", "tbz", "tbnz") or mnemonic.startswith("b.")
+
+
+def _a64_is_call(mnemonic: str) -> bool:
+    return mnemonic in ("bl", "blr")
 
 
 def _a64_count(instruction: Instruction) -> LoopCounts:
@@ -183,6 +195,7 @@ def _a64_count(instruction: Instruction) -> LoopCounts:
         vector_stores=int(store and vector and not stack),
         spills=int(store and stack),
         reloads=int(load and stack),
+        vector_spills=int((load or store) and stack and bool(_A64_FP_REG.match(first))),
     )
 
 
@@ -194,6 +207,10 @@ _X86_SCALAR = re.compile(r"(ss|sd|sh)$")  # scalar SSE/AVX forms: vmovss, vaddsd
 
 def _x86_is_branch(mnemonic: str) -> bool:
     return mnemonic.startswith("j") or mnemonic.startswith("loop")
+
+
+def _x86_is_call(mnemonic: str) -> bool:
+    return mnemonic.startswith("call")
 
 
 def _x86_count(instruction: Instruction) -> LoopCounts:
@@ -212,6 +229,7 @@ def _x86_count(instruction: Instruction) -> LoopCounts:
         vector_stores=int(vector and destination_memory and not stack),
         spills=int(destination_memory and stack and not m.startswith(("push", "call"))),
         reloads=int(source_memory and stack and not m.startswith("lea")),
+        vector_spills=int(stack and not m.startswith("lea") and bool(_X86_VECTOR_REG.search(instruction.operands))),
     )
 
 
@@ -223,12 +241,14 @@ class Isa:
     objdump: str
     package: str  # the Debian package that provides ``objdump``
     is_branch: Callable[[str], bool]
+    is_call: Callable[[str], bool]
     count: Callable[[Instruction], LoopCounts]
 
 
 ISAS = {
-    "aarch64": Isa("aarch64", "aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", _a64_is_branch, _a64_count),
-    "x86_64": Isa("x86_64", "objdump", "binutils", _x86_is_branch, _x86_count),
+    "aarch64": Isa("aarch64", "aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", _a64_is_branch, _a64_is_call,
+                   _a64_count),
+    "x86_64": Isa("x86_64", "objdump", "binutils", _x86_is_branch, _x86_is_call, _x86_count),
 }
 
 
@@ -256,9 +276,10 @@ def kernel_functions(functions: Mapping[str, list[Instruction]], kernel: str) ->
 
 @dataclasses.dataclass(frozen=True)
 class KernelCode:
-    """The innermost loops of one kernel, counted."""
+    """The innermost loops of one kernel, each counted, and all of them together (``inner``: each instruction once)."""
 
     loops: tuple[LoopCounts, ...]
+    inner: LoopCounts = LoopCounts()
 
     @property
     def hot(self) -> LoopCounts:
@@ -269,15 +290,18 @@ class KernelCode:
 
     @property
     def inner_spills(self) -> int:
-        return sum(c.spills + c.reloads for c in self.loops)
+        return self.inner.spills + self.inner.reloads
 
     @property
     def inner_scalar_fma(self) -> int:
-        return sum(c.scalar_fma for c in self.loops)
+        return self.inner.scalar_fma
 
 
 def analyze_kernel(instructions: Sequence[Instruction], isa: Isa) -> KernelCode:
-    return KernelCode(tuple(count_loop(body, isa) for body in innermost_loops(instructions, isa.is_branch)))
+    """Count each innermost loop, and their union (loops found from branches may overlap; nothing counts twice)."""
+    loops = innermost_loops(instructions, isa.is_branch, isa.is_call)
+    union = {i.address: i for body in loops for i in body}
+    return KernelCode(tuple(count_loop(body, isa) for body in loops), count_loop(union.values(), isa))
 
 
 def disassemble(library: str | Path, arch: str) -> str:
@@ -302,14 +326,19 @@ def _side(code: KernelCode | None, prefix: str) -> dict[str, Any]:
             f"{prefix}_scalar_fma": hot.scalar_fma, f"{prefix}_vector_loads": hot.vector_loads,
             f"{prefix}_vector_stores": hot.vector_stores, f"{prefix}_spills": hot.spills,
             f"{prefix}_reloads": hot.reloads, f"{prefix}_fma_share": round(hot.fma_share, 3),
-            f"{prefix}_inner_spills": code.inner_spills, f"{prefix}_inner_scalar_fma": code.inner_scalar_fma}
+            f"{prefix}_inner_spills": code.inner_spills, f"{prefix}_inner_vector_spills": code.inner.vector_spills,
+            f"{prefix}_inner_scalar_fma": code.inner_scalar_fma}
 
 
 def flags(row: Mapping[str, Any], prefix: str = "arm") -> list[str]:
-    """What is wrong with a kernel's innermost loops on one side: spills, scalar FMAs."""
+    """What is wrong with a kernel's innermost loops on one side: spills (vector registers, general ones), scalar FMAs."""
     found = []
-    if row.get(f"{prefix}_inner_spills"):
-        found.append(f"{row[f'{prefix}_inner_spills']} stack spills/reloads in inner loops")
+    vector = row.get(f"{prefix}_inner_vector_spills") or 0
+    general = (row.get(f"{prefix}_inner_spills") or 0) - vector
+    if vector:
+        found.append(f"{vector} vector-register spills/reloads in inner loops")
+    if general:
+        found.append(f"{general} general-register spills/reloads in inner loops")
     if row.get(f"{prefix}_inner_scalar_fma"):
         found.append(f"{row[f'{prefix}_inner_scalar_fma']} scalar FMAs in inner loops")
     return found
