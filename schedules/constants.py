@@ -25,6 +25,16 @@ vector from three loads and two inserts and leaves its spare lanes
 undefined, so on AVX-512 the rows are computed rounded up to
 ``row_multiple`` columns (8: one 256-bit register).
 
+On NEON a depthwise row is 7 vectors of 4 lanes (28 columns), and LLVM
+unrolls a channel's whole row loop when the plane is small: 7 to 14
+accumulators, 9 weights and the loads in flight then exceed the 32 vector
+registers and spill. So rows are rounded up to 8 columns too (7, 14 and 28
+to 8, 16 and 32: 2, 4 and 8 vectors) and computed in pieces of at most
+``depthwise_vectors`` vectors (4 accumulators and 9 weights), each piece an
+iteration of the parallel loop, whose runtime bounds LLVM cannot unroll
+(:func:`.cpu._row_pieces`; ``tvm_shuffle.static_check`` reads the spills in
+the built code).
+
 The measurements behind these choices, with their machines, are in
 ``benchmarks/results/schedule_choices.md``.
 """
@@ -48,6 +58,7 @@ class CPUConstants:
     wide_tile: int = 0  # accumulators of a tile whose loop only loads whole vectors (the stem)
     dense_vectors: int = 12  # vectors of columns a classifier row piece keeps in registers
     row_multiple: int = 1  # depthwise output rows are computed rounded up to this many columns
+    depthwise_vectors: int = 0  # >0: depthwise rows in parallel pieces of at most this many vectors
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
 
     def lanes(self, dtype_bits: int = 32) -> int:
@@ -60,7 +71,8 @@ CPU_ISAS = (
                                padded_tiles=((2, 8), (4, 7), (1, 8)), wide_tile=28, dense_vectors=28,
                                row_multiple=8)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
-    ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28)),
+    ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28, row_multiple=8,
+                            depthwise_vectors=4)),
 )
 GENERIC_CPU = CPUConstants("sse", 128, accumulators=4, vectors_per_tile=2)
 

@@ -61,8 +61,9 @@ class Conv2dNCHW(dlight.ScheduleRule):
          among the threads; pad a plane that no whole vector divides; pack
          the weights at build time.
       3. Others: vectorize along the output row; a depthwise convolution
-         pads one channel plane at a time, and a stride-2 one stores the
-         padded plane's even and odd columns apart.
+         pads one channel plane at a time (with ``depthwise_vectors``: all
+         planes first, then pieces of rows, :func:`_row_pieces`), and a
+         stride-2 one stores the padded plane's even and odd columns apart.
     """
 
     def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
@@ -328,8 +329,11 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
     extents = iter_extents(sch, conv)
     lanes = const.lanes()
     width = extents[3]
-    x_out, x_in = sch.split(x, [None, _pixel_tile(width, lanes, 1)])
-    if depthwise:
+    pieces = depthwise and const.depthwise_vectors > 0
+    x_out, x_in = sch.split(x, [None, _row_vector(width, lanes) if pieces else _pixel_tile(width, lanes, 1)])
+    if pieces:
+        outer = _row_pieces(sch, [n, o, y, x_out, *reduce, x_in], const)
+    elif depthwise:
         sch.reorder(n, o, y, x_out, *reduce, x_in)
         outer = sch.fuse(n, o)
     else:
@@ -344,7 +348,7 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         sch.unroll(loop)
     sch.vectorize(x_in)
     for pad in pads:
-        if depthwise:
+        if depthwise and not pieces:
             # One padded plane per output channel, while it is hot in cache.
             sch.compute_at(pad, outer)
             _vectorize_padding(sch, pad, lanes, first_loop=1)
@@ -356,6 +360,37 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
     _parallel(sch, outer, extents[1] * extents[2] * width, const)
     sch.decompose_reduction(conv, reduce[0])
+
+
+def _row_pieces(sch: Schedule, loops: list, const: CPUConstants):
+    """Depthwise rows in pieces of at most ``const.depthwise_vectors`` vectors, each piece a parallel iteration.
+
+    ``loops`` are the conv's (n, o, y, vectors of the row, taps..., lanes).
+    Each piece's weights feed all its vectors tap by tap. The parallel loop
+    over (channel, row, piece) has runtime bounds, so LLVM cannot unroll a
+    small plane's rows into one block whose sums and loads exceed the
+    register file, and the padding runs before it, for all channels (its row
+    fills call ``memset``, which would pin the loop's pointers to the stack).
+    A row of a prime number of vectors (7, 28 columns unpadded) is one piece
+    when it fits the accumulators.
+    """
+    n, o, y, x_out, *reduce, x_in = loops
+    vectors = int(sch.get(x_out).extent)
+    piece = _largest_divisor(vectors, const.depthwise_vectors)
+    if piece == 1 and vectors <= const.accumulators:
+        piece = vectors
+    x_piece, x_vector = sch.split(x_out, [None, piece])
+    sch.reorder(n, o, y, x_piece, *reduce, x_vector, x_in)
+    sch.unroll(x_vector)
+    return sch.fuse(n, o, y, x_piece)
+
+
+def _row_vector(width: int, lanes: int) -> int:
+    """Columns per vector of a row in pieces: as :func:`_pixel_tile`, but a row between one and two vectors
+    wide is one vector of its own width (7 columns on NEON: two registers), not lanes one by one."""
+    if lanes < width < 2 * lanes and width % lanes:
+        return width
+    return _pixel_tile(width, lanes, 1)
 
 
 def _x_stride(sch: Schedule, conv, pad) -> int:
