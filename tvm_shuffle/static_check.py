@@ -498,4 +498,4 @@ def analyze(imported, spec, out_dir: str | Path, *, x86_spec=None, shuffle: str 
 
 __all__ = ["Instruction", "LoopCounts", "KernelCode", "Isa", "ISAS", "METHOD", "parse_objdump", "parse_instruction",
            "innermost_loops", "count_loop", "kernel_functions", "analyze_kernel", "disassemble", "kernel_table",
-           "flags", "flagged", "markdown", "call_sequence", "pair_kernels", "analyze"]
+           "flags", "flagged", "markdown", "pair_cell", "MARKDOWN_COLUMNS", "call_sequence", "pair_kernels", "analyze"]
