@@ -4,7 +4,7 @@
                                        [--trials N --work-dir work/shuffle-bench] [--only TEXT]
 
 Both variants are built the same way (untuned: the default schedules of
-``schedules/``; with ``--trials N``: each tuned with N trials, stock and
+``tvm_shuffle/schedules/``; with ``--trials N``: each tuned with N trials, stock and
 fused in separate record databases so neither reuses the other's
 measurements), loaded as exported libraries and timed in alternating
 rounds, so drift on a shared machine hits both alike; read the ratio.

@@ -8,19 +8,18 @@ import sys
 
 
 def require_checkout(root) -> None:
-    """Exit with one line unless the imported tvm_shuffle (and its schedules) is the checkout at ``root``.
+    """Exit with one line unless the imported tvm_shuffle is the checkout at ``root``.
 
     A benchmark run from one clone while ``pip install -e`` points at
     another would measure the other clone's code.
     """
     import tvm_shuffle
-    from tvm_shuffle import schedules
 
     root = pathlib.Path(root).resolve()
-    imported = [pathlib.Path(path).resolve().parents[1] for path in (tvm_shuffle.__file__, schedules.__file__)]
-    if any(path != root for path in imported):
-        sys.exit(f"error: this script is in {root} but Python imports tvm_shuffle from {imported[0]} and its "
-                 f"schedules from {imported[1]}; run `python -m pip install -e .` in {root}")
+    imported = pathlib.Path(tvm_shuffle.__file__).resolve().parents[1]
+    if imported != root:
+        sys.exit(f"error: this script is in {root} but Python imports tvm_shuffle from {imported}; "
+                 f"run `python -m pip install -e .` in {root}")
 
 
 def revision(root) -> str:

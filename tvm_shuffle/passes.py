@@ -95,16 +95,63 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
     from tvm_shuffle.schedules import fuse_shuffles, report_stock
 
     if precision == "bf16":
-        from tvm_shuffle.schedules import bf16
-
-        mod = bf16.store_weights_bf16(mod)
+        mod = store_weights_bf16(mod)
     if shuffle == "fused":
         mod = fuse_shuffles(mod, report)
     elif report is not None:
         report_stock(mod, report)
     if precision == "bf16":
-        mod = bf16.lower_convs(mod)
+        mod = lower_bf16_convs(mod)
     return mod
+
+
+def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """Every 1x1 conv2d (NCHW, dense, stride 1, constant weights, even input channels) with its weights in bf16.
+
+    The conv keeps an fp32 input and output (``out_dtype``). Runs before the
+    channel-shuffle fusion, which carries the bf16 weights into the
+    convolutions it rewrites (:func:`tvm_shuffle.schedules.kernels.gathered_conv2d`
+    then computes them with :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d`).
+    """
+    import ml_dtypes
+
+    from tvm_shuffle.schedules.bf16 import is_pointwise
+    from tvm_shuffle.tvm_compat import Constant
+
+    def convert(call, _builder):
+        if not _is_conv(call) or not isinstance(call.args[1], Constant):
+            return call
+        weight = call.args[1].value.numpy()
+        attrs = call.attrs
+        if (weight.dtype != np.float32 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                or attrs.out_layout not in ("NCHW", "")
+                or not is_pointwise(weight.shape, attrs.strides, attrs.padding, attrs.dilation, int(attrs.groups))):
+            return call
+        return relax.op.nn.conv2d(call.args[0], relax.const(weight.astype(ml_dtypes.bfloat16)), strides=attrs.strides,
+                                  padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
+                                  data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="float32")
+
+    return rewrite_calls(mod, convert)
+
+
+def lower_bf16_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """The conv2d calls with bf16 weights that the fusion left as they were, as :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` kernels."""
+    from tvm_shuffle.schedules import kernels
+    from tvm_shuffle.schedules.bf16 import CONV, pointwise_conv2d
+
+    def lower(call, builder):
+        if not _is_conv(call) or str(call.args[1].ty.dtype) != "bfloat16":
+            return call
+        channels = int(call.args[0].ty.shape.values[1])
+        compute = functools.partial(pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
+                                    out_dtype="float32")
+        return builder.call_te(compute, *call.args, primfunc_name_hint=CONV)
+
+    return rewrite_calls(mod, lower)
+
+
+def _is_conv(call) -> bool:
+    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d")
 
 
 def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule":
