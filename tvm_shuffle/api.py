@@ -312,7 +312,7 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights,
                        quiet=False)
     outcome = session.tune(imported, spec, device=device, work_dir=work_dir, trials=trials, shuffle=shuffle,
-                           quiet=not progress)
+                           quiet=not progress, wait=wait)
     if outcome.interrupted:
         raise Interrupted(f"interrupted: every measured record is kept in {outcome.directory}; "
                           "run the same command again to resume")
