@@ -503,8 +503,6 @@ def test_a_tune_that_must_not_wait_stops_before_tuning(tiny_pt2, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="tvm_shuffle/api.py's tune() takes wait= but does not pass it to "
-                                       "session.tune yet: --no-wait waits")
 def test_no_wait_exits_2_with_one_line(tiny_pt2, tmp_path):
     work = tmp_path / "work"
     holder = hold_lock(tiny_records_dir(work))
