@@ -33,11 +33,16 @@ with fp32 FMAs, the bf16 values widened in registers (storage only).
 
 Strategy of the native schedule: output channels in tiles of ``oc``, each
 tile's ``oc x vectors`` sums in registers while the input pairs stream past
-(as the fp32 schedule of :mod:`.cpu`); pixel tiles of a few vectors
-outermost and shared among the threads when the plane divides into whole
-vectors, otherwise one tile of the whole padded plane with the channel tiles
-shared among the threads, so the epilogue reads whole rows of real pixels
-and no vector loop carries a bounds test.
+(as the fp32 schedule of :mod:`.cpu`). When the plane divides into whole
+vectors, pixel tiles of a few vectors are outermost and shared among the
+threads, each converting its own pixels. Otherwise (14x14, 7x7) the whole
+padded plane is one tile, and the channel tiles are cut into one slice per
+thread (:func:`thread_slices`): each slice converts the plane for itself
+inside the same parallel loop, so a kernel wakes the thread pool once and
+its bf16 input stays in the thread's own cache. Copies and the epilogue run
+over flat pixels (a channel's plane is contiguous) in whole vectors, the
+pixels past the last whole vector and the padding in loops of their own, so
+no vector loop carries a bounds test.
 """
 
 from __future__ import annotations
@@ -227,6 +232,14 @@ class Tiles:
 TILES = Tiles()
 # Iterations below this run on one thread: waking the pool costs more.
 MIN_PARALLEL_WORK = 4096
+# Threads a target without ``num-cores`` is planned for (the presets leave threads to TVM_NUM_THREADS).
+THREAD_SLICES = 2
+
+
+def thread_slices(target) -> int:
+    """Threads the schedules plan for: the target's ``num-cores`` when it has one, else :data:`THREAD_SLICES`."""
+    cores = target.attrs.get("num-cores") if target.attrs is not None else None
+    return int(cores) if cores else THREAD_SLICES
 
 
 def has_native_bf16(target) -> bool:
@@ -254,10 +267,11 @@ class PointwiseBF16(dlight.ScheduleRule):
         found = _find(sch)
         if found is None:
             return None
+        slices = thread_slices(target)
         if has_native_bf16(target):
-            _schedule_native(sch, found, self.tiles)
+            _schedule_native(sch, found, self.tiles, slices)
         else:
-            _schedule_storage_only(sch, found, self.tiles)
+            _schedule_storage_only(sch, found, self.tiles, slices)
         return sch
 
 
@@ -311,23 +325,24 @@ def _plan(sch: Schedule, found: _Blocks, tiles: Tiles) -> tuple[int, int, int, i
     return out_channels, padded, pixels, tile
 
 
-def _schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles) -> None:
+def _schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int) -> None:
     register_intrinsics()
-    outer = _tile(sch, found, tiles, lanes=LANES, native=True)
+    outer = _tile(sch, found, tiles, lanes=LANES, native=True, thread_slices=slices)
     _convert_pairs(sch, found.pairs)
     sch.annotate(outer, "pragma_import_llvm", LLVM_IR)
 
 
-def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles) -> None:
+def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int) -> None:
     """fp32 FMAs on bf16 values widened in registers: the input stored [K / 2, 2, pixels], weights packed."""
     sch.transform_layout(found.pairs, ("write", 0), lambda n, k, p, j: (n, k, j, p))
     sch.transform_block_layout(found.pairs, lambda n, k, p, j: (n, k, j, p))
-    _tile(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, native=False)
+    _tile(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, native=False,
+          thread_slices=slices)
     *_, last = sch.get_loops(found.pairs)
     _vectorize_divisor(sch, last)
 
 
-def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool):
+def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool, thread_slices: int):
     """Sums of ``channels x vectors`` in registers per pixel chunk; the stages per tile or per plane; the epilogue per channel tile.
 
     Returns the outermost (parallel) loop.
@@ -346,7 +361,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
     sch.reverse_compute_at(writeback, chunk)
     sch.reverse_compute_at(crop, o_out)
-    _vectorize_inner(sch, crop)
+    _vectorize_flat(sch, sch.get_loops(crop)[-1])
     _vectorize_inner(sch, writeback)
     sch.unroll(o_in)
     sch.unroll(vector)
@@ -355,10 +370,11 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         sch.vectorize(lane)
     if padded // tile > 1:
         outer = sch.fuse(n, p_out)
-        _stages_at(sch, found, outer)
     else:
-        outer = sch.fuse(n, p_out, o_out)
-        _stages_at_root(sch, found)
+        slices = _largest_divisor(out_channels // oc, thread_slices)
+        o_slice, o_out = sch.split(o_out, [slices, None])
+        outer = sch.fuse(n, p_out, o_slice)
+    _stages_at(sch, found, outer, pixels)
     _parallel(sch, outer, padded * out_channels)
     # Last: compute_at needs the reduction whole, and a tensorized block as its consumer.
     sch.decompose_reduction(conv, k)
@@ -379,33 +395,41 @@ def _register_tile(channels: int, vectors: int, accumulators: int) -> tuple[int,
     return max(pairs, key=lambda cv: (cv[0] * cv[1], cv[0]))
 
 
-def _stages_at(sch: Schedule, found: _Blocks, loop) -> None:
-    """The input stages computed per pixel tile, inside ``loop``."""
+def _stages_at(sch: Schedule, found: _Blocks, loop, pixels: int) -> None:
+    """The input stages computed inside ``loop`` (per pixel tile, or per slice of output channels)."""
     for block in (found.pairs, found.pad, found.gather):
         if block is not None:
             sch.compute_at(block, loop)
-    _vectorize_stages(sch, found)
+    _vectorize_stages(sch, found, pixels)
 
 
-def _stages_at_root(sch: Schedule, found: _Blocks) -> None:
-    """The input stages computed once for the whole plane, each shared among the threads by channel."""
-    for block in (found.pad, found.gather):
-        if block is not None:
-            sch.parallel(sch.get_loops(block)[1])
-    sch.parallel(sch.get_loops(found.pairs)[1])
-    _vectorize_stages(sch, found)
-
-
-def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
+def _vectorize_stages(sch: Schedule, found: _Blocks, pixels: int) -> None:
     if found.gather is not None:
-        *_, last = sch.get_loops(found.gather)
-        _vectorize_divisor(sch, last)
+        _vectorize_flat(sch, sch.get_loops(found.gather)[-1])
     if found.pad is not None:
-        loops = sch.get_loops(found.pad)
-        if sch.can_decompose_padding(found.pad, loops[-1]):
-            sch.decompose_padding(found.pad, loops[-1])
-            *_, last = sch.get_loops(found.pad)
-            _vectorize_divisor(sch, last)
+        _vectorize_flat(sch, sch.get_loops(found.pad)[-1], real=pixels)
+
+
+def _vectorize_flat(sch: Schedule, loop, real: int | None = None) -> None:
+    """Vectorize a loop over flat pixels by whole vectors of ``LANES``.
+
+    The pixels after the last whole vector, and the padding after the
+    ``real`` pixels of a padded plane, run as loops of their own, so the
+    bounds test of the padding folds away in each piece and no piece
+    assembles a vector from row-sized parts (a 14-pixel row is no whole
+    vector, and its rows are contiguous in memory anyway).
+    """
+    extent = int(sch.get(loop).extent)
+    end = extent if real is None else real
+    bounds = sorted({b for b in (end // LANES * LANES, end) if 0 < b < extent})
+    if not bounds:
+        _vectorize_divisor(sch, loop)
+        return
+    sizes = [b - a for a, b in zip([0, *bounds], bounds)]
+    first, *rest = sch.loop_partition(loop, [*sizes, None])
+    _vectorize_divisor(sch, first)
+    for part in rest:  # each less than a vector, starting past zero (split needs a zero start)
+        sch.vectorize(part)
 
 
 def _convert_pairs(sch: Schedule, pairs) -> None:
