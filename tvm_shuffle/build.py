@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tvm_shuffle import passes, schedules, targets
 from tvm_shuffle.bundle_format import LIBRARY, MANIFEST, MANIFEST_VERSION
 from tvm_shuffle.errors import UserError
@@ -167,7 +169,7 @@ def _position(buffers: list, buffer) -> int | None:
 
 
 _INDEX_OPS = {tir.Add: operator.add, tir.Sub: operator.sub, tir.Mul: operator.mul,
-              tir.FloorDiv: operator.floordiv, tir.FloorMod: operator.mod}
+              tir.FloorDiv: operator.floordiv, tir.FloorMod: operator.mod, tir.Min: np.minimum}
 
 
 def _index(expr, grid: dict):
@@ -230,7 +232,8 @@ def output_signature(mod: "tvm.IRModule") -> list[dict[str, Any]]:
 
 
 def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuffle: str,
-             build_seconds: float, database_digest: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+             build_seconds: float, database_digest: str | None = None, precision: str = "fp32",
+             calibration=None) -> dict[str, Any]:
     from tvm_shuffle import precisions
 
     return {
@@ -244,7 +247,8 @@ def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuff
         "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "host": spec.host,
                    "arch": spec.runtime_arch},
         "shuffle": shuffle,
-        "precision": {"name": precision, "mode": precisions.get(precision).mode(spec)},
+        "precision": {"name": precision, "mode": precisions.get(precision).mode(spec),
+                      **({"calibration": calibration.describe()} if calibration is not None else {})},
         "tuned": database_digest is not None,
         "tuning_database_digest": database_digest,
         "tvm_version": TVM_VERSION,
@@ -265,28 +269,38 @@ class Built:
 
 
 def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fused", database=None,
-                     database_digest: str | None = None, verbose: bool = False, precision: str = "fp32") -> Built:
+                     database_digest: str | None = None, verbose: bool = False, precision: str = "fp32",
+                     calibration=None) -> Built:
     """Optimize (:func:`tvm_shuffle.passes.optimize`) and build; ``database`` applies tuned schedules.
 
     ``precision`` (:mod:`tvm_shuffle.precisions`) is recorded in the manifest
-    with its mode on this target: ``native``, or ``storage-only`` where the
-    target has no instructions for it (said on stderr).
+    with its mode on this target: ``native``, or the fallback's mode
+    (``storage-only``, ``integer``) where the target has no instructions for
+    it (said on stderr). ``precision="int8"`` calibrates on ``calibration``
+    (a :class:`tvm_shuffle.quantize.Calibration`; None: the synthetic set,
+    with a warning), which the manifest records.
     """
-    from tvm_shuffle import precisions
+    from tvm_shuffle import precisions, quantize
 
     start = time.perf_counter()
     chosen = precisions.get(precision)
     if chosen.mode(spec) == "storage-only":
         print(f"note: {spec.name} has no {precision} instructions ({', '.join(chosen.native.get('x86', ()))} on x86): "
               f"{chosen.fallback}", file=sys.stderr)
+    if chosen.calibrated and calibration is None:
+        calibration = quantize.load_calibration(None, imported.input_shape)
     report = schedules.FusionReport()
-    mod = passes.optimize(imported.mod, shuffle=shuffle, report=report, precision=precision)
+    mod = passes.optimize(imported.mod, shuffle=shuffle, report=report, precision=precision,
+                          calibration=calibration if chosen.calibrated else None)
     if verbose:
         print(passes.describe_change(imported.mod, mod), file=sys.stderr)
         print(report.summary(), file=sys.stderr)
+        if chosen.calibrated:
+            print(calibration.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
-                    database_digest=database_digest, precision=precision)
+                    database_digest=database_digest, precision=precision,
+                    calibration=calibration if chosen.calibrated else None)
     return Built(executable, mod, spec, info)
 
 

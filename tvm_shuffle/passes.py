@@ -75,13 +75,17 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
     return out
 
 
-def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precision: str = "fp32") -> "tvm.IRModule":
+def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precision: str = "fp32",
+             calibration=None) -> "tvm.IRModule":
     """Graph passes in order: constant folding, BN folding, channel-shuffle fusion.
 
     ``report`` (a ``schedules.FusionReport``) is filled in by the fusion when given.
     ``precision="bf16"`` stores the 1x1 convolutions' weights in bf16 before the
     fusion and makes every such convolution a bf16 kernel after it
-    (:mod:`tvm_shuffle.schedules.bf16`).
+    (:mod:`tvm_shuffle.schedules.bf16`). ``precision="int8"`` calibrates on
+    ``calibration`` (a :class:`tvm_shuffle.quantize.Calibration`, which it
+    fills in) and quantizes the 1x1 convolutions before the fusion, and
+    makes each an int8 kernel (:mod:`tvm_shuffle.schedules.int8`).
     """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, not {shuffle!r}")
@@ -96,6 +100,19 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
 
     if precision == "bf16":
         mod = store_weights_bf16(mod)
+    if precision == "int8":
+        from tvm_shuffle import quantize
+        from tvm_shuffle.schedules import int8
+
+        if calibration is None:
+            raise ValueError("precision='int8' needs a calibration (tvm_shuffle.quantize.load_calibration)")
+        mod = quantize.quantize_convs(mod, calibration)
+        with int8.using_table(calibration.table):  # the fused kernels and lower_int8_convs read it
+            if shuffle == "fused":
+                mod = fuse_shuffles(mod, report)
+            elif report is not None:
+                report_stock(mod, report)
+            return lower_int8_convs(mod)
     if shuffle == "fused":
         mod = fuse_shuffles(mod, report)
     elif report is not None:
@@ -146,6 +163,24 @@ def lower_bf16_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
         compute = functools.partial(pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
                                     out_dtype="float32")
         return builder.call_te(compute, *call.args, primfunc_name_hint=CONV)
+
+    return rewrite_calls(mod, lower)
+
+
+def lower_int8_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """The conv2d calls with s8 weights that the fusion left as they were, as :func:`tvm_shuffle.schedules.int8.pointwise_conv2d` kernels.
+
+    Run under :func:`tvm_shuffle.schedules.int8.using_table` (the kernels' input quantization).
+    """
+    from tvm_shuffle.schedules import int8, kernels
+
+    def lower(call, builder):
+        if not _is_conv(call) or str(call.args[1].ty.dtype) != "int8":
+            return call
+        channels = int(call.args[0].ty.shape.values[1])
+        compute = functools.partial(int8.pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
+                                    out_dtype="float32")
+        return builder.call_te(compute, *call.args, primfunc_name_hint=int8.CONV)
 
     return rewrite_calls(mod, lower)
 

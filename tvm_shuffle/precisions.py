@@ -25,6 +25,8 @@ class Precision:
     fallback: str  # what a target without those features computes, in words
     # Relative logit error against fp32 that the tests hold a build of this precision to.
     tolerance: float = 0.0
+    fallback_mode: str = "storage-only"  # the manifest's mode on a target without the features
+    calibrated: bool = False  # quantized from a calibration set (--calibration, --calibrator)
 
     def native_on(self, spec, target=None) -> bool:
         """Whether ``spec``'s target computes this precision with its own instructions."""
@@ -45,8 +47,8 @@ class Precision:
         return False
 
     def mode(self, spec, target=None) -> str:
-        """``"native"`` or ``"storage-only"`` on ``spec`` (what the build and manifest say)."""
-        return "native" if self.native_on(spec, target) else "storage-only"
+        """``"native"`` or the fallback's mode (``"storage-only"``, ``"integer"``) on ``spec`` (what the build and manifest say)."""
+        return "native" if self.native_on(spec, target) else self.fallback_mode
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
@@ -58,6 +60,13 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               native={"x86": ("avx512bf16",)},
               fallback="bf16 storage only: weights stored in bf16 and widened to fp32 in registers, fp32 FMAs",
               tolerance=2e-2),
+    Precision("int8",
+              "post-training static int8: 1x1 convolutions with s8 weights (per output channel) and u8 inputs "
+              "(per tensor, calibrated), s32 sums (AVX-512 VNNI vpdpbusd on x86); depthwise convolutions, the stem, "
+              "pooling and the classifier stay fp32",
+              native={"x86": ("avx512vnni",)},
+              fallback="the same integer arithmetic as 32-bit multiply-adds on widened u8/s8 values (exact, slower)",
+              tolerance=5e-2, fallback_mode="integer", calibrated=True),
 )}
 DEFAULT = "fp32"
 

@@ -12,6 +12,8 @@ Laid out like TVM's dlight rules:
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
 * :mod:`.bf16` computes and schedules the bf16 1x1 convolutions of
   ``--precision bf16`` (AVX512_BF16 dot products on x86);
+* :mod:`.int8` computes and schedules the int8 1x1 convolutions of
+  ``--quantize int8`` (AVX-512 VNNI dot products on x86);
 * :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
   thread a pixel of one or a few channels) and gives every other kernel
   ``tvm.s_tir.dlight``'s GPU rules.
@@ -44,10 +46,10 @@ def default_schedule_passes(spec) -> list:
 
 
 def cpu_rules() -> tuple:
-    """The CPU rules: the bf16 1x1 convolutions' own (:mod:`.bf16`), then :func:`.cpu.default_rules`."""
-    from tvm_shuffle.schedules import bf16, cpu
+    """The CPU rules: the bf16 and int8 1x1 convolutions' own (:mod:`.bf16`, :mod:`.int8`), then :func:`.cpu.default_rules`."""
+    from tvm_shuffle.schedules import bf16, cpu, int8
 
-    return (bf16.PointwiseBF16(), *cpu.default_rules())
+    return (bf16.PointwiseBF16(), int8.PointwiseInt8(), *cpu.default_rules())
 
 
 def default_schedule(func, target):

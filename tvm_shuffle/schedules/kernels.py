@@ -70,7 +70,8 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     """NCHW/OIHW conv2d of the gathered input; ``tensors`` are the sources then the weight.
 
     A 1x1 convolution whose weights are bf16 (``--precision bf16``) is
-    :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` instead.
+    :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` instead; one whose
+    weights are s8 (``--quantize int8``), :func:`tvm_shuffle.schedules.int8.pointwise_conv2d`.
 
     The same arithmetic as Relax's legalized ``conv2d`` (``topi.nn.conv``), with
     the gather inlined into the input read (or into the padding stage, when
@@ -89,6 +90,11 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
         from tvm_shuffle.schedules import bf16
 
         return bf16.pointwise_conv2d(*tensors, gather=gather, out_dtype=out_dtype)
+    if str(weight.dtype) == "int8":
+        from tvm_shuffle.schedules import int8
+
+        if int8.is_pointwise(weight.shape, strides, padding, dilation, groups):
+            return int8.pointwise_conv2d(*tensors, gather=gather, out_dtype=out_dtype)
     batch, _, height, width = (int(d) for d in sources[0].shape)
     out_channels, in_per_group, kh, kw = (int(d) for d in weight.shape)
     out_per_group = out_channels // groups

@@ -1,0 +1,386 @@
+"""int8 1x1 convolutions: u8 activations x s8 weights -> s32 sums, fp32 in and out.
+
+``--quantize int8`` (``precision="int8"``) quantizes every dense 1x1
+convolution statically (:mod:`tvm_shuffle.quantize` calibrates, and rewrites
+the graph): the weights become s8 constants, symmetric per output channel;
+the input is quantized per tensor, asymmetric, to u8 inside the kernel:
+``q = clamp(round(x / scale) + zero_point, 0, 255)``. The kernel returns the
+s32 sums as fp32 (exact: below 2^24 for the channel counts of ShuffleNet);
+the graph multiplies them by ``scale * weight_scale[o]``, subtracts the zero
+point's share and adds the bias in the convolution's fused epilogue.
+Activations between layers stay fp32 (mixed precision): depthwise
+convolutions, the stem, pooling and the classifier are fp32 kernels.
+
+The compute (:func:`pointwise_conv2d`) flattens the pixels and pads them to
+whole vectors of ``LANES`` as the bf16 kernel does (:mod:`.bf16`), and
+stores the quantized input as ``[K / 4, pixels, 4]``: four input channels
+of a pixel side by side, one 32-bit lane of ``vpdpbusd``. Input channels are
+padded to a multiple of 4 with u8 zeros (a padded channel reads the last real
+weight, which then multiplies zero: the weight packing stays a plain copy).
+
+Stages of the kernel, in order (block names):
+
+* ``int8_gather`` (several source tensors, or a plane that needs no
+  padding): the gathered channels, fp32, flat pixels;
+* ``int8_pad`` (only when the plane is no whole number of vectors);
+* ``int8_quads``: the u8 input, quads of channels interleaved;
+* ``int8_weights``: the s8 weights with input channels padded to quads;
+* ``conv2d_int8``: the s32 sums over the padded pixels;
+* ``conv2d_int8_crop``: the real pixels as fp32, NCHW (the epilogue joins it).
+
+Which convolution gets which quantization parameters: the graph pass stores
+them in an :class:`InputQuantTable` keyed by :func:`fingerprint` of the s8
+weights, which is unchanged when the channel-shuffle fusion permutes a
+convolution's input channels; :func:`pointwise_conv2d` reads the weights'
+constant through its TE placeholder (``op.value``) and looks it up in the
+table :func:`using_table` made current. A fingerprint two convolutions share
+with different parameters is refused when the table is made (that
+convolution stays fp32).
+
+:class:`PointwiseInt8` schedules it. With AVX-512 VNNI (``avx512vnni`` in the
+target's features) each step of the inner loop is one ``vpdpbusd``: 16 pixels
+x 1 output channel x 4 input channels, the weight quad a 32-bit broadcast
+from weights packed at build time as ``[O / oc, K / 4, oc, 4]``. Without
+VNNI the same compute runs as plain 32-bit integer multiply-adds on widened
+u8 and s8 values (exact, slower; the build says so). The strategy is that of
+:mod:`.bf16`: ``oc x vectors`` sums in registers while the input quads stream
+past, pixel tiles outermost when the plane divides into whole vectors,
+otherwise channel tiles shared among the threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import hashlib
+
+import numpy as np
+
+from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
+from tvm_shuffle.schedules.bf16 import _register_tile, _vectorize_divisor  # shared tiling arithmetic
+from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
+
+QUAD = 4  # input channels per 32-bit lane of vpdpbusd
+CONV = "conv2d_int8"
+CROP = "conv2d_int8_crop"
+GATHER = "int8_gather"
+PAD = "int8_pad"
+QUADS = "int8_quads"
+WEIGHTS = "int8_weights"
+DOT_INTRIN = "tvm_shuffle_vpdpbusd_16x4"
+VNNI_FEATURE = "avx512vnni"
+
+
+# ---------------------------------------------------------------------------
+# Quantization parameters of the convolutions' inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class InputQuant:
+    """Per-tensor u8 quantization of a convolution's input: ``q = clamp(round(x / scale) + zero_point, 0, 255)``."""
+
+    scale: float
+    zero_point: int
+
+
+InputQuantTable = dict  # fingerprint (str) -> InputQuant
+
+_CURRENT: contextvars.ContextVar[InputQuantTable | None] = contextvars.ContextVar("int8_input_quant", default=None)
+
+
+def fingerprint(weight: np.ndarray) -> str:
+    """A digest of s8 weights that permuting their input channels (axis 1) leaves unchanged."""
+    rows = np.sort(np.asarray(weight).reshape(weight.shape[0], -1), axis=1)
+    return hashlib.sha1(repr(weight.shape).encode() + rows.tobytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def using_table(table: InputQuantTable):
+    """Make ``table`` the one :func:`pointwise_conv2d` reads while the graph is rewritten."""
+    token = _CURRENT.set(table)
+    try:
+        yield table
+    finally:
+        _CURRENT.reset(token)
+
+
+def input_quant(weight_constant) -> InputQuant:
+    """The input quantization of the convolution with these s8 weights (a Relax constant)."""
+    table = _CURRENT.get()
+    key = fingerprint(weight_constant.value.numpy())
+    if table is None or key not in table:
+        raise LookupError("an s8 convolution weight with no input quantization: the int8 graph pass "
+                          "(tvm_shuffle.quantize) records them, and passes.optimize makes its table current")
+    return table[key]
+
+
+# ---------------------------------------------------------------------------
+# Compute
+
+
+def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
+    """Whether a conv2d is one :func:`pointwise_conv2d` computes: 1x1, stride 1, no padding, dense."""
+    return (tuple(int(d) for d in weight_shape[2:]) == (1, 1) and groups == 1
+            and all(int(s) == 1 for s in strides) and not any(int(p) for p in padding)
+            and all(int(d) == 1 for d in dilation))
+
+
+def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") -> te.Tensor:
+    """1x1 NCHW conv2d of the gathered fp32 input (see :mod:`.kernels`) with s8 weights ``tensors[-1]``.
+
+    Returns the s32 sums as ``out_dtype`` (fp32); the input's quantization
+    comes from the current table (:func:`using_table`) by the weights' values.
+    """
+    *sources, weight = tensors
+    quant = input_quant(weight.op.value)
+    batch, _, height, width = (int(d) for d in sources[0].shape)
+    out_channels, channels = (int(d) for d in weight.shape[:2])
+    quads = -(-channels // QUAD)
+    pixels = height * width
+    padded = -(-pixels // LANES) * LANES
+
+    def read(n, c, p):
+        return gather.read(sources, n, c, p // _i64(width), p % _i64(width))
+
+    if len(sources) > 1 or padded == pixels:
+        gathered = te.compute(_shape(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
+        read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
+    if padded > pixels:
+        real = read
+        flat = te.compute(_shape(batch, channels, padded),
+                          lambda n, c, p: tir.if_then_else(p < _i64(pixels), real(n, c, p), tir.const(0, "float32")),
+                          name=PAD)
+        read = lambda n, c, p: flat[n, c, p]  # noqa: E731
+    inverse = tir.const(1.0 / quant.scale, "float32")
+    zero_point = tir.const(float(quant.zero_point), "float32")
+
+    def quantize(n, k, p, j):
+        c = k * _i64(QUAD) + j
+        if channels % QUAD:
+            value = tir.if_then_else(c < _i64(channels), read(n, tir.min(c, _i64(channels - 1)), p) * inverse + zero_point,
+                                     tir.const(0.0, "float32"))
+        else:
+            value = read(n, c, p) * inverse + zero_point
+        return tir.max(tir.min(tir.round(value), tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint8")
+
+    quad_input = te.compute(_shape(batch, quads, padded, QUAD), quantize, name=QUADS)
+    last = _i64(channels - 1)
+    zero = _i64(0)
+    weights = te.compute(_shape(out_channels, quads * QUAD),
+                         lambda o, c: weight[o, tir.min(c, last) if channels % QUAD else c, zero, zero], name=WEIGHTS)
+    k = te.reduce_axis((_i64(0), _i64(quads)), "rk")
+    j = te.reduce_axis((_i64(0), _i64(QUAD)), "rj")
+    conv = te.compute(_shape(batch, out_channels, padded),
+                      lambda n, o, p: te.sum(quad_input[n, k, p, j].astype("int32")
+                                             * weights[o, k * _i64(QUAD) + j].astype("int32"), axis=[k, j]),
+                      name=CONV)
+    return te.compute(_shape(batch, out_channels, height, width),
+                      lambda n, o, h, w: conv[n, o, h * _i64(width) + w].astype(out_dtype), name=CROP)
+
+
+def _i64(value: int):
+    return tir.IntImm("int64", value)
+
+
+def _shape(*dims: int) -> tuple:
+    return tuple(_i64(d) for d in dims)
+
+
+# ---------------------------------------------------------------------------
+# Tensor intrinsic
+
+
+@functools.lru_cache(maxsize=None)
+def register_intrinsics() -> None:
+    """Register the ``vpdpbusd`` step (16 pixels x 4 channels of u8, one s8 weight quad) with TVM, once."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    I64 = T.int64
+
+    @T.prim_func(s_tir=True)
+    def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I64(16), I64(4)), "uint8", offset_factor=4)
+        B = T.match_buffer(b, (I64(4),), "int8", offset_factor=4)
+        C = T.match_buffer(c, (I64(16),), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(4)], B[I64(0):I64(4)])
+            T.writes(C[I64(0):I64(16)])
+            for i, k in T.grid(I64(16), I64(4)):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("int32", A[vi, vk]) * T.Cast("int32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (I64(16), I64(4)), "uint8", offset_factor=4)
+        B = T.match_buffer(b, (I64(4),), "int8", offset_factor=4)
+        C = T.match_buffer(c, (I64(16),), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(4)], B[I64(0):I64(4)])
+            T.writes(C[I64(0):I64(16)])
+            # LLVM's intrinsic takes the u8 and s8 operands as <64 x i8>; the weight quad is one broadcast word.
+            A8 = T.decl_buffer((64,), "uint8", data=A.data, elem_offset=A.elem_offset)
+            B32 = T.decl_buffer((1,), "int32", data=B.data, elem_offset=B.elem_offset // 4)
+            C[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", C[T.ramp(0, 1, 16)], A8[T.ramp(0, 1, 64)],
+                T.reinterpret(T.broadcast(B32[0], 16), dtype="int8x64"))
+
+    TensorIntrin.register(DOT_INTRIN, dot_desc, dot_impl, override=True)
+
+
+# ---------------------------------------------------------------------------
+# Schedule
+
+
+def has_vnni(target) -> bool:
+    """Whether the LLVM target has AVX-512 VNNI (``vpdpbusd`` on 512-bit vectors)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(codegen.target_has_features(VNNI_FEATURE, target))
+    except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
+        return False
+
+
+class PointwiseInt8(dlight.ScheduleRule):
+    """The kernels of :func:`pointwise_conv2d` (a block named ``conv2d_int8``), with their fused epilogue."""
+
+    def __init__(self, tiles: Tiles = TILES):
+        self.tiles = tiles
+
+    def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
+        if target.kind.name != "llvm" or not isinstance(func, tir.PrimFunc):
+            return None
+        sch = Schedule(func)
+        found = _find(sch)
+        if found is None:
+            return None
+        if has_vnni(target):
+            register_intrinsics()
+            _tile(sch, found, self.tiles, lanes=LANES, native=True)
+        else:
+            _tile(sch, found, Tiles(accumulators=8, tile_vectors=self.tiles.tile_vectors), lanes=8, native=False)
+        return sch
+
+
+@dataclasses.dataclass
+class _Blocks:
+    gather: object
+    pad: object
+    quads: object
+    weights: object
+    conv: object
+    crop: object
+    epilogue: list
+
+
+def _find(sch: Schedule) -> _Blocks | None:
+    """The stages of a :func:`pointwise_conv2d` kernel by name, or None when ``sch`` is another kernel."""
+    blocks = list(child_blocks(sch))
+    names = [sch.get(b).name_hint for b in blocks]
+    if any(name not in names for name in (CONV, QUADS, WEIGHTS, CROP)):
+        return None
+    position = {name: i for i, name in enumerate(names)}
+    if not position[QUADS] < position[CONV] < position[CROP] or position[WEIGHTS] > position[CONV]:
+        return None
+    if any(name not in {GATHER, PAD, QUADS, WEIGHTS} for name in names[:position[CONV]]):
+        return None
+    crop_at = position[CROP]
+    return _Blocks(gather=blocks[position[GATHER]] if GATHER in position else None,
+                   pad=blocks[position[PAD]] if PAD in position else None,
+                   quads=blocks[position[QUADS]], weights=blocks[position[WEIGHTS]], conv=blocks[position[CONV]],
+                   crop=blocks[crop_at], epilogue=blocks[crop_at + 1:])
+
+
+def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool) -> None:
+    """Sums of ``channels x vectors`` in registers per pixel chunk; the input stages per tile or per plane."""
+    for block in reversed(found.epilogue):
+        sch.reverse_compute_inline(block)
+    crop = found.crop
+    width = iter_extents(sch, crop)[3]
+    sch.transform_block_layout(crop, lambda n, o, h, w: (n, o, h * width + w))
+    _, out_channels, padded = iter_extents(sch, found.conv)[:3]
+    pixels = iter_extents(sch, crop)[2]
+    if padded == pixels:
+        vectors = padded // LANES
+        tile = LANES * max(t for t in range(1, tiles.tile_vectors + 1) if vectors % t == 0)
+    else:
+        tile = padded  # one tile: the epilogue then reads whole rows of real pixels
+    oc, vectors = _register_tile(out_channels, tile // lanes, tiles.accumulators)
+    if not native:
+        # Plain integer path: the quads stored [K / 4, 4, pixels], one input channel's pixels per vector.
+        sch.transform_layout(found.quads, ("write", 0), lambda n, k, p, j: (n, k, j, p))
+        sch.transform_block_layout(found.quads, lambda n, k, p, j: (n, k, j, p))
+    conv = found.conv
+    writeback = sch.cache_write(conv, 0, "local")
+    n, o, p, k, j = sch.get_loops(conv)
+    p_out, chunk, vector, lane = sch.split(p, [padded // tile, tile // (lanes * vectors), vectors, lanes])
+    o_out, o_in = sch.split(o, [None, oc])
+    if native:
+        sch.reorder(n, p_out, o_out, chunk, k, o_in, vector, lane, j)
+    else:
+        sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
+    sch.reverse_compute_at(writeback, chunk)
+    sch.reverse_compute_at(crop, o_out)
+    _vectorize_divisor(sch, sch.get_loops(crop)[-1])
+    _vectorize_divisor(sch, sch.get_loops(writeback)[-1])
+    sch.unroll(o_in)
+    sch.unroll(vector)
+    _pack_weights(sch, found.weights, oc, native=native)
+    if not native:
+        sch.vectorize(lane)
+    if padded // tile > 1:
+        outer = sch.fuse(n, p_out)
+        for block in (found.quads, found.pad, found.gather):
+            if block is not None:
+                sch.compute_at(block, outer)
+    else:
+        outer = sch.fuse(n, p_out, o_out)
+        for block in (found.pad, found.gather, found.quads):
+            if block is not None:
+                sch.parallel(sch.get_loops(block)[1])
+    _vectorize_stages(sch, found, native=native)
+    if padded * out_channels >= MIN_PARALLEL_WORK:
+        sch.parallel(outer)
+    sch.annotate(outer, "pragma_auto_unroll_max_step", tiles.unroll_limit)
+    sch.annotate(outer, "pragma_unroll_explicit", 1)
+    sch.decompose_reduction(conv, k)
+    if native:
+        sch.tensorize(lane, DOT_INTRIN)
+
+
+def _pack_weights(sch: Schedule, weights, oc: int, *, native: bool) -> None:
+    """The s8 weights stored the way the tiles read them, ``[O / oc, K / 4, oc, 4]``: a build-time copy."""
+    if native:
+        layout = lambda o, c: (o // oc, c // QUAD, o % oc, c % QUAD)  # noqa: E731
+    else:
+        layout = lambda o, c: (o // oc, c, o % oc)  # noqa: E731 - one weight per step
+    sch.transform_layout(weights, ("write", 0), layout, assume_injective_transform=True)
+    sch.annotate(weights, LAYOUT_REWRITE_PREPROC, True)
+
+
+def _vectorize_stages(sch: Schedule, found: _Blocks, *, native: bool) -> None:
+    if found.gather is not None:
+        _vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
+    if found.pad is not None:
+        loops = sch.get_loops(found.pad)
+        if sch.can_decompose_padding(found.pad, loops[-1]):
+            sch.decompose_padding(found.pad, loops[-1])
+            _vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
+    if native:
+        # 16 pixels x 4 channels per step: one 64-byte vector of quads.
+        *_, p, j = sch.get_loops(found.quads)
+        _, lane = sch.split(p, [None, LANES])
+        sch.vectorize(sch.fuse(lane, j))
+    else:
+        _vectorize_divisor(sch, sch.get_loops(found.quads)[-1])
+
+
+__all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",
+           "pointwise_conv2d", "register_intrinsics", "has_vnni", "PointwiseInt8", "CONV", "QUAD"]
