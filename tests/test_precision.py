@@ -6,7 +6,8 @@ significant bits, a relative rounding error of at most 2^-9 per input and
 weight), and the zoo model's top-1 class is PyTorch's. The native kernel's
 inner loop is ``vdpbf16ps`` (checked in the exported library's
 disassembly); a target without AVX512_BF16 builds the same model storage
-only and says so.
+only and says so. ``tune(precision="bf16")`` tunes the bf16 kernels, with
+records of their own that ``compile(work_dir=..., precision="bf16")`` builds from.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 import tvm_shuffle as ts
 from tvm_shuffle import api, precisions, targets
-from tvm_shuffle.errors import UserError
+from tvm_shuffle.errors import MissingRecords, UserError
 
 BF16 = precisions.get("bf16")
 
@@ -80,9 +81,34 @@ def test_the_cli_rejects_a_bad_precision(capsys):
     assert exit_.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
-def test_tuning_a_reduced_precision_is_refused_with_the_way_out(tiny_module, tiny_input):
-    with pytest.raises(UserError, match="fp32 only.*--precision bf16"):
-        ts.tune(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), precision="bf16", trials=1)
+BF16_TRIALS = 8
+
+
+@native_host
+def test_tuning_in_bf16_tunes_the_bf16_kernels_and_compile_builds_from_their_records(tiny_module, tiny_input,
+                                                                                      tmp_path):
+    from tvm_shuffle.frontends import import_model
+    from tvm_shuffle.tuning import database
+
+    example = (torch.from_numpy(tiny_input),)
+    work = tmp_path / "work"
+    tuned = ts.tune(tiny_module, example_inputs=example, precision="bf16", trials=BF16_TRIALS, work_dir=work,
+                    progress=False)
+    directory = api.records_dir(import_model(tiny_module, example_inputs=example), tuned.spec, work, "fused", "bf16")
+    assert tuned.tuning.outcome.directory == directory and database.own_trials(directory) == BF16_TRIALS
+    assert any("conv2d_bf16" in name for name in tuned.tuning.outcome.workloads)  # tasks of the bf16 build
+    assert all(task.best_seconds is not None for task in tuned.tuning.outcome.tasks)  # every task measured
+    assert tuned.manifest["precision"]["name"] == "bf16" and tuned.manifest["tuned"]
+    ref = torch_reference(tiny_module, tiny_input)
+    assert relative_error(tuned(tiny_input)[0], ref) < BF16.tolerance
+
+    rebuilt = ts.compile(tiny_module, example_inputs=example, precision="bf16", work_dir=work, quiet=True)
+    assert rebuilt.records["database"] == str(directory)
+    assert rebuilt.manifest["precision"]["name"] == "bf16"
+    assert rebuilt.manifest["tuning_database_digest"] == database.digest(directory)
+    assert relative_error(rebuilt(tiny_input)[0], ref) < BF16.tolerance
+    with pytest.raises(MissingRecords, match="no tuning database"):  # fp32 records are elsewhere
+        ts.compile(tiny_module, example_inputs=example, work_dir=work, quiet=True)
 
 
 def test_records_are_kept_apart_by_precision(tiny_module, tiny_input, tmp_path):

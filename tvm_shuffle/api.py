@@ -208,10 +208,10 @@ def _import(model, *, input_shape, example_inputs, weights, quiet: bool) -> Impo
 def records_dir(imported: Imported, spec: TargetSpec, work_dir: str | os.PathLike, shuffle: str,
                 precision: str = "fp32") -> Path:
     """Where :func:`tune` keeps this model's records for this target (a precision other than fp32 has its own)."""
-    from tvm_shuffle.tuning import database
+    from tvm_shuffle.tuning import database, session
 
-    variant = shuffle if precision == "fp32" else f"{shuffle}-{precision}"
-    return database.database_dir(work_dir, spec, imported.name, imported.input_shape, variant)
+    return database.database_dir(work_dir, spec, imported.name, imported.input_shape,
+                                 session.records_variant(shuffle, precision))
 
 
 def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[int] | None = None,
@@ -247,13 +247,11 @@ def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, 
     from tvm_shuffle.tuning import database, in_model
 
     directory = records_dir(imported, spec, work_dir, shuffle, precision)
-    if precision != "fp32":
-        raise MissingRecords(f"no tuning database in {directory}: tuning is fp32 only for now, {precision} builds "
-                             "use the default schedules (compile without work_dir)")
     records = directory / database.RECORDS
     if not records.is_file() or not records.read_bytes().strip():
-        raise MissingRecords(f"no tuning database in {directory} (records of {imported.name} on {spec.name})")
-    built = in_model.build_from_records(imported, spec, directory, shuffle=shuffle)
+        raise MissingRecords(f"no tuning database in {directory} (records of {imported.name} on {spec.name}"
+                             + ("" if precision == "fp32" else f" in {precision}") + ")")
+    built = in_model.build_from_records(imported, spec, directory, shuffle=shuffle, precision=precision)
     return Compiled(built, imported, records={"database": str(directory), "trials": database.own_trials(directory)})
 
 
@@ -286,9 +284,9 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     log lines instead of a progress bar. ``wait=False`` fails at once when
     another tune holds the same records. Ctrl-C raises
     :class:`~tvm_shuffle.errors.Interrupted` with every record kept.
-    ``precision`` other than fp32 is refused for now: the tuning session
-    builds its tasks in fp32 (bf16 builds use the default schedules,
-    :func:`compile`).
+    ``precision="bf16"`` tunes the kernels of the bf16 build (its records
+    apart from fp32's, :func:`records_dir`); ``compile(work_dir=...,
+    precision="bf16")`` builds from them.
     """
     from tvm_shuffle.tuning import database, in_model, rpc, runner, session
 
@@ -297,10 +295,6 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     spec = resolve_target(target)
     _check_shuffle(shuffle)
     _check_precision(precision)
-    if precision != "fp32":
-        raise UserError(f"tuning is fp32 only for now; build {precision} with the default schedules: "
-                        f"tvm_shuffle.compile(..., precision={precision!r}) or python -m tvm_shuffle.compile "
-                        f"--precision {precision}")
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
     if not rpc_tracker and not runner.runs_here(spec):
@@ -312,13 +306,13 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights,
                        quiet=False)
     outcome = session.tune(imported, spec, device=device, work_dir=work_dir, trials=trials, shuffle=shuffle,
-                           quiet=not progress, wait=wait)
+                           quiet=not progress, wait=wait, precision=precision)
     if outcome.interrupted:
         raise Interrupted(f"interrupted: every measured record is kept in {outcome.directory}; "
                           "run the same command again to resume")
     _log(False, "building the tuned library, then checking its kernels in the model")
     tuned, pick, untuned, kept_default = in_model.build_checked(imported, spec, outcome, shuffle=shuffle,
-                                                                device=device)
+                                                                device=device, precision=precision)
     tuning = Tuning(outcome, device, kept_default, Compiled(pick, imported), Compiled(untuned, imported))
     return Compiled(tuned, imported, tuning=tuning)
 

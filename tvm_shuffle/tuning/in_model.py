@@ -137,15 +137,16 @@ def runs_here(spec, device) -> bool:
     return not device.remote and spec.family != "cuda"
 
 
-def build_from_records(imported, spec, directory: Path, *, shuffle: str):
+def build_from_records(imported, spec, directory: Path, *, shuffle: str, precision: str = "fp32"):
     """The model built with the records in ``directory``, as the model check left them (:func:`build_database`)."""
     from tvm_shuffle import build
 
     return build.compile_imported(imported, spec, shuffle=shuffle, database=build_database(directory),
-                                  database_digest=database.digest(directory))
+                                  database_digest=database.digest(directory), precision=precision)
 
 
-def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[object, object, object, list | None]:
+def build_checked(imported, spec, outcome, *, shuffle: str, device,
+                  precision: str = "fp32") -> tuple[object, object, object, list | None]:
     """The tuned, MetaSchedule's pick and the untuned build (:class:`tvm_shuffle.build.Built`), after the model check.
 
     Returns (tuned, pick, untuned, the kernels that kept their default
@@ -158,9 +159,9 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[obj
     """
     from tvm_shuffle import build
 
-    untuned = build.compile_imported(imported, spec, shuffle=shuffle)
+    untuned = build.compile_imported(imported, spec, shuffle=shuffle, precision=precision)
     pick = build.compile_imported(imported, spec, shuffle=shuffle, database=outcome.database,
-                                  database_digest=outcome.digest)
+                                  database_digest=outcome.digest, precision=precision)
     if not runs_here(spec, device):
         return pick, pick, untuned, None
     with tempfile.TemporaryDirectory(prefix="tvm_shuffle_check_") as scratch:
@@ -172,7 +173,7 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device) -> tuple[obj
         return pick, pick, untuned, verdicts
     tuned = build.compile_imported(imported, spec, shuffle=shuffle,
                                    database=build_database(outcome.directory, outcome.database),
-                                   database_digest=outcome.digest)
+                                   database_digest=outcome.digest, precision=precision)
     return tuned, pick, untuned, verdicts
 
 

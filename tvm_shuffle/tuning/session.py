@@ -13,6 +13,13 @@ The budget counts every candidate measured for this model and target so
 far, so re-running the same command after an interruption measures only
 what is left (and never a candidate twice, :mod:`tvm_shuffle.tuning.search`).
 
+A reduced precision (``precision="bf16"``) tunes the kernels of the model
+optimized in that precision (``passes.optimize(..., precision=...)``): its
+tasks are the bf16 kernels, the first candidates of each are our default
+schedules (the bf16 rule among the CPU rules), and its records live in a
+directory of their own (:func:`records_variant`), so fp32 and bf16 records
+never mix.
+
 One tune at a time writes a records directory (:mod:`tvm_shuffle.tuning.lock`):
 a second one on the same model and target waits for the first, then resumes
 from its records; runs on other models or targets go on side by side.
@@ -70,9 +77,14 @@ class Outcome:
         return sum(t.weight * t.best_seconds for t in self.tasks)
 
 
+def records_variant(shuffle: str, precision: str = "fp32") -> str:
+    """The part of a records directory's name that says how the model was optimized (``fused``, ``fused-bf16``)."""
+    return shuffle if precision == "fp32" else f"{shuffle}-{precision}"
+
+
 def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str | Path = DEFAULT_WORK_DIR,
          trials: int | None = None, shuffle: str = "fused", quiet: bool = False, seed: int | None = None,
-         wait: bool = True, log=None) -> Outcome:
+         wait: bool = True, log=None, precision: str = "fp32") -> Outcome:
     """Tune ``imported`` for ``spec`` on ``device`` until ``trials`` candidates (all runs together) are measured.
 
     Ctrl-C stops tuning after the running batch and returns with
@@ -86,16 +98,16 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     directory = database.prepare_dir(database.database_dir(work_dir, spec, imported.name, imported.input_shape,
-                                                           shuffle))
+                                                           records_variant(shuffle, precision)))
     with RecordsLock.acquire(directory, wait=wait, log=log) as held:
         outcome = _tune_holding(held, imported, spec, device=device, trials=trials, shuffle=shuffle, quiet=quiet,
-                                seed=seed, log=log)
+                                seed=seed, log=log, precision=precision)
         outcome.database.close()  # still answers queries; a later commit takes the lock for itself
     return outcome
 
 
 def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, device: Device, trials: int | None,
-                  shuffle: str, quiet: bool, seed: int | None, log) -> Outcome:
+                  shuffle: str, quiet: bool, seed: int | None, log, precision: str = "fp32") -> Outcome:
     """:func:`tune`, holding the lock on the records directory."""
     if spec.family == "cuda":
         from tvm_shuffle import cuda_codegen
@@ -105,7 +117,8 @@ def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, de
     db = database.open_database(directory, lock=held, log=log)
     cores = host.physical_cores()
     target = tasks.tuning_target(spec, host_cores=cores)
-    task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle), spec), target)
+    task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle, precision=precision), spec),
+                              target)
     shared = database.import_shared_records(db, [t.mod for t in task_list], directory)
     if shared.records:
         log(f"reused {shared.records} records of {shared.tasks} identical task(s) from {', '.join(shared.sources)}")
