@@ -361,6 +361,29 @@ def test_session_requests_fail_at_once_after_one_found_no_device():
     assert durations[1] < 0.5
 
 
+def test_a_request_that_timed_out_does_not_take_the_next_device(tmp_path):
+    """Left queued at the tracker, it would take a board that comes back and hold it, unused, for a session."""
+    from tvm import rpc as tvm_rpc
+
+    from tvm_shuffle.tuning.emulated_device import Registration
+
+    port = free_port()
+    server = start_server("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+                          str(port + 1), "--silent", log=tmp_path / "tracker.log")
+    try:
+        tracker = rpc.Tracker("127.0.0.1", port, "board", timeout=2)
+        wait_for(lambda: tracker_reachable(tracker), "the tracker did not start", 60)
+        with pytest.raises(UserError, match="no answer within 2 s"):
+            rpc.request_session(tracker)
+        time.sleep(0.5)  # the tracker sees the request's connection close
+        board = Registration(tracker, free_port())  # a board registers, as after a restart
+        queue = tvm_rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"]["board"]
+        assert queue == {"free": 1, "pending": 0}
+        board.sock.close()
+    finally:
+        stop_servers([server])
+
+
 def test_a_tracker_that_starts_late_is_waited_for():
     port = free_port()
     listener = socket.socket()

@@ -120,16 +120,63 @@ def registered_servers(tracker: Tracker) -> dict[str, int]:
 
 
 def request_session(tracker: Tracker):
-    """An RPC session on a free device under ``tracker.key``, or an error after ``tracker.timeout``."""
+    """An RPC session on a free device under ``tracker.key``, or an error after ``tracker.timeout``.
+
+    A request that runs out of time is withdrawn from the tracker: left
+    queued there, it would take the next device that registers (a board
+    coming back) and hold it, unused, for a whole session.
+    """
     from tvm import rpc
 
+    pending = _PendingRequest()
+
     def request():
-        return rpc.connect_tracker(tracker.host, tracker.port).request(
+        return pending.start(rpc.connect_tracker(tracker.host, tracker.port)).request(
             tracker.key, priority=1, session_timeout=tracker.timeout)
 
     return _with_deadline(request, tracker.timeout,
                           f"requesting a device with key {tracker.key!r} from the RPC tracker at {tracker.address}",
-                          hint="all devices busy, or the board stopped answering")
+                          hint="all devices busy, or the board stopped answering", on_timeout=pending.withdraw)
+
+
+class _PendingRequest:
+    """The tracker connection of one device request, so that the request can be withdrawn.
+
+    The tracker skips a queued request whose connection has closed. TVM's
+    client retries a failed request on a new connection, so a withdrawn one
+    is also kept from reconnecting.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._client = None
+        self._withdrawn = False
+
+    def start(self, client):
+        with self._lock:
+            self._client = client
+            if self._withdrawn:
+                self._stop(client)
+        return client
+
+    def withdraw(self) -> None:
+        with self._lock:
+            self._withdrawn = True
+            if self._client is not None:
+                self._stop(self._client)
+
+    @staticmethod
+    def _stop(client) -> None:
+        def refuse():
+            raise OSError("device request withdrawn after its timeout")
+
+        client._connect = refuse  # TrackerSession.request reconnects through this on every retry
+        sock = client._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked receive; the tracker sees the close
+            except OSError:
+                pass
 
 
 def probe(tracker: Tracker, device_type: str) -> RemoteDevice:
@@ -143,14 +190,25 @@ def probe(tracker: Tracker, device_type: str) -> RemoteDevice:
             f"(registered keys: {known}). On the board run: "
             f"python -m tvm.exec.rpc_server --tracker {tracker.address} --key {tracker.key}")
     session = request_session(tracker)
-    if not session.device(device_type, 0).exist:
-        raise UserError(f"the device with key {tracker.key!r} has no {device_type} device; check --target")
     try:
-        session.get_function(EMULATION_MARKER)
-        emulated = True
-    except Exception:  # RPC raises a generic error for a missing remote function
-        emulated = False
+        exists = session.device(device_type, 0).exist
+        emulated = _has_function(session, EMULATION_MARKER)
+    finally:
+        # Released now, not whenever the collector gets to it: a board serves one session at a time,
+        # and the first candidate's request would wait for this one (and give up after the timeout).
+        session = None
+        gc.collect()
+    if not exists:
+        raise UserError(f"the device with key {tracker.key!r} has no {device_type} device; check --target")
     return RemoteDevice(servers=servers[tracker.key], emulated=emulated)
+
+
+def _has_function(session, name: str) -> bool:
+    try:
+        session.get_function(name)
+        return True
+    except Exception:  # RPC raises a generic error for a missing remote function
+        return False
 
 
 def device_answers(tracker: Tracker) -> bool:
@@ -192,8 +250,11 @@ def create_session(rpc_config):
     return session
 
 
-def _with_deadline(fn, timeout: float, what: str, *, hint: str = ""):
-    """Run a blocking client call on a daemon thread; a UserError if it fails or outlasts ``timeout``."""
+def _with_deadline(fn, timeout: float, what: str, *, hint: str = "", on_timeout=None):
+    """Run a blocking client call on a daemon thread; a UserError if it fails or outlasts ``timeout``.
+
+    ``on_timeout`` is called when the call is abandoned, to stop what it left waiting.
+    """
     outcome: dict = {}
 
     def target():
@@ -206,6 +267,8 @@ def _with_deadline(fn, timeout: float, what: str, *, hint: str = ""):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        if on_timeout is not None:
+            on_timeout()
         raise UserError(f"{what}: no answer within {timeout:.0f} s" + (f" ({hint})" if hint else ""))
     if "error" in outcome:
         err = outcome["error"]
