@@ -216,7 +216,8 @@ def records_dir(imported: Imported, spec: TargetSpec, work_dir: str | os.PathLik
 
 def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[int] | None = None,
             example_inputs=None, shuffle: str = "fused", quiet: bool = False, weights: str | None = None,
-            work_dir: str | os.PathLike | None = None, verbose: bool = False, precision: str = "fp32") -> Compiled:
+            work_dir: str | os.PathLike | None = None, verbose: bool = False, precision: str = "fp32",
+            calibration=None, calibrator: str = "minmax") -> Compiled:
     """Import, optimize and build ``model`` for ``target`` with the default schedules (no measuring).
 
     ``work_dir``: build with the tuned schedules that :func:`tune` recorded
@@ -225,17 +226,29 @@ def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[in
     ``precision="bf16"`` computes the 1x1 convolutions with bf16 weights and
     inputs and fp32 sums (:data:`tvm_shuffle.precisions.PRECISIONS`); inputs
     and outputs stay fp32. ``verbose`` prints what the graph passes changed.
+    ``precision="int8"`` quantizes the 1x1 convolutions statically
+    (:mod:`tvm_shuffle.quantize`), calibrated on ``calibration`` (an N x C x
+    H x W array, a ``.npy`` file or a directory of images; None: a synthetic
+    set, with a warning) with ``calibrator`` ("minmax" or "percentile").
     """
-    from tvm_shuffle import build
+    from tvm_shuffle import build, precisions, quantize
 
     spec = resolve_target(target)
     _check_shuffle(shuffle)
     _check_precision(precision)
+    quantize.check_calibrator(calibrator)
+    calibrated = precisions.get(precision).calibrated
+    if calibration is not None and not calibrated:
+        raise UserError(f"a calibration set applies to precision='int8' (--quantize int8), not {precision!r}")
+    if calibrated and work_dir is not None:
+        raise UserError(f"tuned {precision} builds are not supported yet: compile {precision} without work_dir")
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights, quiet=quiet)
     start = time.perf_counter()
     if work_dir is None:
+        loaded = (quantize.load_calibration(calibration, imported.input_shape, calibrator=calibrator)
+                  if calibrated else None)
         compiled = Compiled(build.compile_imported(imported, spec, shuffle=shuffle, verbose=verbose,
-                                                   precision=precision), imported)
+                                                   precision=precision, calibration=loaded), imported)
     else:
         compiled = _compile_from_records(imported, spec, Path(work_dir), shuffle, precision)
     _log(quiet, f"built {imported.name} for {spec.name} in {time.perf_counter() - start:.1f} s")
@@ -295,6 +308,9 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     spec = resolve_target(target)
     _check_shuffle(shuffle)
     _check_precision(precision)
+    if precision == "int8":
+        raise UserError("tuning int8 is not supported yet; build int8 with the default schedules: "
+                        "tvm_shuffle.compile(..., precision='int8') or python -m tvm_shuffle.compile --quantize int8")
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
     if not rpc_tracker and not runner.runs_here(spec):

@@ -284,7 +284,7 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
 
     start = time.perf_counter()
     chosen = precisions.get(precision)
-    if chosen.mode(spec) == "storage-only":
+    if chosen.mode(spec) != "native":
         print(f"note: {spec.name} has no {precision} instructions ({', '.join(chosen.native.get('x86', ()))} on x86): "
               f"{chosen.fallback}", file=sys.stderr)
     if chosen.calibrated and calibration is None:

@@ -31,7 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, *, default: str = "x86") -> None:
-    """--target / --target-file, --shuffle, --precision."""
+    """--target / --target-file, --shuffle, --precision, --quantize / --calibration / --calibrator."""
     parser.add_argument("--target", default=default, metavar="TARGET",
                         help=f"one of: {', '.join(targets.names())} (default: {default})")
     parser.add_argument("--target-file", metavar="FILE",
@@ -41,6 +41,31 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, default: str = "x86
     parser.add_argument("--precision", choices=list(precisions.PRECISIONS), default=precisions.DEFAULT,
                         help="; ".join(f"{p.name}: {p.description}" for p in precisions.PRECISIONS.values())
                         + f" (default: {precisions.DEFAULT}; inputs and outputs stay fp32)")
+    parser.add_argument("--quantize", choices=[p.name for p in precisions.PRECISIONS.values() if p.calibrated],
+                        help="post-training static quantization (the same as --precision int8)")
+    parser.add_argument("--calibration", metavar="PATH",
+                        help="calibration set for --quantize: an N x C x H x W .npy file or a directory of images "
+                             "(default: synthetic N(0, 1) images, with a warning)")
+    parser.add_argument("--calibrator", choices=precisions.CALIBRATORS, default=precisions.CALIBRATORS[0],
+                        help="input ranges from the calibration set: minmax (default) or percentile (99.99%%)")
+
+
+def precision(args: argparse.Namespace) -> str:
+    """The precision --precision and --quantize name together (one UserError when they disagree)."""
+    if args.quantize is None:
+        if args.calibration:
+            raise UserError("--calibration applies to --quantize int8")
+        return args.precision
+    if args.precision not in (precisions.DEFAULT, args.quantize):
+        raise UserError(f"--quantize {args.quantize} and --precision {args.precision} disagree: give one")
+    return args.quantize
+
+
+def quantization(args: argparse.Namespace) -> dict:
+    """The API's calibration keywords from --calibration and --calibrator (empty unless quantizing)."""
+    if precision(args) not in (p.name for p in precisions.PRECISIONS.values() if p.calibrated):
+        return {}
+    return {"calibration": args.calibration, "calibrator": args.calibrator}
 
 
 def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:

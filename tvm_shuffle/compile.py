@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = api.resolve_target(cli.target(args))  # before the slow import, so a bad name fails at once
     compiled = api.compile(cli.model_source(args), spec, input_shape=cli.input_shape(args), shuffle=args.shuffle,
-                           weights=args.weights, verbose=args.verbose, precision=args.precision)
+                           weights=args.weights, verbose=args.verbose, precision=cli.precision(args),
+                           **cli.quantization(args))
     out = compiled.save(args.out)
     library = out / compiled.manifest["library"]
     print(f"built {spec.name} ({json.dumps(spec.target)}) in {compiled.manifest['build_seconds']:.1f} s: "

@@ -91,6 +91,8 @@ class Workload:
     emulated: bool = False
     device_threads: int | None = None  # threads on a remote device; None: its own default
     tune_command: str = ""
+    calibration: Any = None  # the int8 rows' calibration set (array, .npy, image directory); None: synthetic
+    calibrator: str = "minmax"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -273,11 +275,78 @@ def _torch_compile(w: Workload) -> Session:
     return session
 
 
+def _tvm_int8(w: Workload) -> Session:
+    """Default schedules, 1x1 convolutions int8 (``precision="int8"``, vpdpbusd with AVX-512 VNNI)."""
+    compiled = api.compile(w.imported, w.spec, shuffle=w.shuffle, quiet=True, precision="int8",
+                           calibration=_calibration_data(w), calibrator=w.calibrator)
+    return _tvm_session(w, compiled, {"precision": compiled.manifest["precision"]})
+
+
+def _calibration_data(w: Workload) -> np.ndarray:
+    """The int8 rows' calibration set as one array (the synthetic set when none is given), loaded once."""
+    from tvm_shuffle import quantize
+
+    if not isinstance(w.calibration, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if w.calibration is None else "default")
+            w.calibration = quantize.load_calibration(w.calibration, w.input_shape, calibrator=w.calibrator).data
+    return w.calibration
+
+
+def ort_quantize_static(onnx_file: Path, data: np.ndarray, out: Path, *, calibrator: str = "minmax") -> Path:
+    """``onnx_file`` quantized by ``onnxruntime.quantization.quantize_static`` on ``data``, written to ``out``.
+
+    QDQ format, per-channel s8 weights, u8 activations (QUInt8 / QInt8), the
+    model first converted to opset 13 (per-channel QDQ needs it); calibration
+    MinMax, or Percentile (99.99) for ``calibrator="percentile"``.
+    """
+    import onnx
+    from onnx import version_converter
+    from onnxruntime import quantization as q
+
+    model = onnx.load(str(onnx_file))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        model = version_converter.convert_version(model, 13)
+    prepared = out.with_suffix(".fp32.onnx")
+    onnx.save(model, str(prepared))
+    name = model.graph.input[0].name
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(data[i:i + 1] for i in range(data.shape[0]))
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {name: image}
+
+    method = q.CalibrationMethod.Percentile if calibrator == "percentile" else q.CalibrationMethod.MinMax
+    extra = {"CalibPercentile": 99.99} if calibrator == "percentile" else {}
+    q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, calibrate_method=method,
+                      extra_options=extra)
+    return out
+
+
+def _qdq_onnx(w: Workload) -> Path:
+    path = w.scratch / f"{w.name}.qdq.onnx"
+    if not path.is_file():
+        with warnings.catch_warnings(), _quiet_fds():
+            warnings.simplefilter("ignore")
+            try:
+                ort_quantize_static(w.onnx(), _calibration_data(w), path, calibrator=w.calibrator)
+            except Unavailable:
+                raise
+            except Exception as err:
+                raise Unavailable(f"onnxruntime.quantization.quantize_static failed: {first_line(err)}") from None
+    return path
+
+
 # ---------------------------------------------------------------------------
 # ONNX engines
 
 
-def _onnxruntime(w: Workload) -> Session:
+def _onnxruntime(w: Workload, *, model: Path | None = None) -> Session:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -287,14 +356,22 @@ def _onnxruntime(w: Workload) -> Session:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(w.onnx()), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model or w.onnx()), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own types for unsupported operators
         raise Unavailable(f"ONNX Runtime cannot load the model: {first_line(err)}") from None
     name = session.get_inputs()[0].name
     return Session(run=lambda x: session.run(None, {name: x})[0])
 
 
-def _openvino(w: Workload, *, precision: str | None = "f32") -> Session:
+def _onnxruntime_int8(w: Workload) -> Session:
+    return _onnxruntime(w, model=_qdq_onnx(w))
+
+
+def _openvino_int8(w: Workload) -> Session:
+    return _openvino(w, precision=None, model=_qdq_onnx(w))
+
+
+def _openvino(w: Workload, *, precision: str | None = "f32", model: Path | None = None) -> Session:
     """OpenVINO's CPU plugin; ``precision=None`` leaves its inference precision to OpenVINO (bf16 on CPUs with AVX512_BF16 or AMX)."""
     import openvino as ov
 
@@ -302,7 +379,7 @@ def _openvino(w: Workload, *, precision: str | None = "f32") -> Session:
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     try:
-        compiled = ov.Core().compile_model(str(w.onnx()), "CPU", config)
+        compiled = ov.Core().compile_model(str(model or w.onnx()), "CPU", config)
     except Unavailable:
         raise
     except Exception as err:
@@ -391,6 +468,10 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            ("apache-tvm", "tvm_shuffle"), _tvm_bf16, remote=True,
            note="default schedules; 1x1 convolutions with bf16 weights and inputs, fp32 sums (vdpbf16ps with "
                 "AVX512_BF16, else bf16 storage only); the rest fp32"),
+    Engine("tvm_shuffle-int8", "tvm_shuffle int8", ("tvm",), "apache-tvm==0.27.0.post1",
+           ("apache-tvm", "tvm_shuffle"), _tvm_int8, remote=True,
+           note="default schedules; post-training static int8 1x1 convolutions (u8 x s8 -> s32, vpdpbusd with "
+                "AVX-512 VNNI), calibrated on the report's calibration set; the rest fp32"),
     Engine("pytorch", "PyTorch eager", ("torch",), "torch==2.13.0", ("torch",), _torch_eager,
            note="inference_mode"),
     Engine("torch.compile", "torch.compile", ("torch",), "torch==2.13.0", ("torch",), _torch_compile,
@@ -402,6 +483,12 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("openvino-default", "OpenVINO (default precision)", ("openvino",), "openvino", ("openvino",),
            _openvino_default, note="CPU plugin, LATENCY hint, one stream, OpenVINO's own inference precision "
                                    "(bf16 where the CPU has it; the row's details say which it used)"),
+    Engine("onnxruntime-int8", "ONNX Runtime int8 (QDQ)", ("onnxruntime",), "onnxruntime", ("onnxruntime",),
+           _onnxruntime_int8, note="the QDQ model of onnxruntime.quantization.quantize_static (per-channel QInt8 "
+                                   "weights, QUInt8 activations, opset 13) on the same calibration set"),
+    Engine("openvino-int8", "OpenVINO int8 (QDQ)", ("openvino", "onnxruntime"), "openvino onnxruntime",
+           ("openvino", "onnxruntime"), _openvino_int8,
+           note="CPU plugin, LATENCY hint, one stream, running the same QDQ model as onnxruntime-int8"),
     Engine("ncnn", "ncnn (pnnx)", ("ncnn", "pnnx"), "ncnn pnnx", ("ncnn", "pnnx"), _ncnn,
            note="converted with pnnx (fp32 weights), fp16/bf16 storage off, no Vulkan"),
 )}
@@ -422,5 +509,5 @@ def select(names: Sequence[str] | None) -> list[Engine]:
     return [e for e in ENGINES.values() if e.name in names]
 
 
-__all__ = ["Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
+__all__ = ["ort_quantize_static", "Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
            "first_line"]

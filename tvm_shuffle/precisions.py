@@ -69,6 +69,8 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               tolerance=5e-2, fallback_mode="integer", calibrated=True),
 )}
 DEFAULT = "fp32"
+# How a calibrated precision takes its input ranges from the calibration set (tvm_shuffle.quantize).
+CALIBRATORS = ("minmax", "percentile")
 
 
 def get(name: str) -> Precision:
@@ -78,4 +80,4 @@ def get(name: str) -> Precision:
     return PRECISIONS[name]
 
 
-__all__ = ["Precision", "PRECISIONS", "DEFAULT", "get"]
+__all__ = ["Precision", "PRECISIONS", "DEFAULT", "CALIBRATORS", "get"]

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_shuffle import precisions
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.schedules import int8
 from tvm_shuffle.tvm_compat import Constant, relax, tvm
 
-CALIBRATORS = ("minmax", "percentile")
-DEFAULT_CALIBRATOR = "minmax"
+CALIBRATORS = precisions.CALIBRATORS
+DEFAULT_CALIBRATOR = CALIBRATORS[0]
 PERCENTILE = 99.99
 SYNTHETIC_IMAGES = 8
 SYNTHETIC_SEED = 0

@@ -414,7 +414,7 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
            rpc_key: str | None = None, rpc_timeout: float | None = None, zoo_table: bool = True,
            quiet: bool = False, input_shape: Sequence[int] | None = None, example_inputs=None,
            shuffle: str = "fused", weights: str | None = None, command: str | None = None, log=None,
-           precision: str = "fp32") -> Report:
+           precision: str = "fp32", calibration=None, calibrator: str = "minmax") -> Report:
     """Measure ``model`` on every engine in ``peers_`` (default: all of :data:`tvm_shuffle.engines_registry.ENGINES`).
 
     Model sources are those of :func:`tvm_shuffle.compile`. ``threads`` go to
@@ -423,7 +423,10 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
     calls cut into ``rounds``, each round after ``warmup`` untimed calls.
     ``command`` is what the report says made it (default: this call).
     ``precision`` is that of the tvm_shuffle tuned and untuned rows (the
-    ``tvm_shuffle-bf16`` row is always bf16).
+    ``tvm_shuffle-bf16`` row is always bf16). The int8 rows (``tvm_shuffle-int8``,
+    ``onnxruntime-int8``, ``openvino-int8``) calibrate on ``calibration`` (an
+    array, a ``.npy`` file or an image directory; None: the synthetic set of
+    :mod:`tvm_shuffle.quantize`) with ``calibrator``.
     """
     from tvm_shuffle.tuning import runner
 
@@ -446,7 +449,7 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
             name=imported.name, imported=imported, spec=spec, threads=threads_used, scratch=Path(scratch),
             work_dir=Path(work_dir), shuffle=shuffle, precision=precision, torch_module=_torch_module(model, weights),
             onnx_file=_onnx_file(model, Path(scratch)), tracker=tracker, emulated=emulated,
-            device_threads=threads if tracker else None,
+            device_threads=threads if tracker else None, calibration=calibration, calibrator=calibrator,
             tune_command=tune_command(model, spec, input_shape=input_shape, work_dir=work_dir, shuffle=shuffle,
                                       rpc_tracker=rpc_tracker, rpc_key=rpc_key))
         inputs = random_inputs(imported.input_shape, imported.input_dtype, numerics_inputs)
@@ -600,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     numerics_inputs=args.numerics_inputs, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                     rpc_timeout=args.rpc_timeout, zoo_table=not args.no_zoo_table, quiet=args.quiet,
                     input_shape=cli.input_shape(args), shuffle=args.shuffle, weights=args.weights,
-                    precision=args.precision,
+                    precision=args.precision, calibration=args.calibration, calibrator=args.calibrator,
                     command=shlex.join(["python", "-m", "tvm_shuffle.report", *argv]))
     for path in result.save(args.out):
         print(path)

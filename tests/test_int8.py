@@ -1,0 +1,201 @@
+"""``precision="int8"`` (``--quantize int8``): post-training static int8 1x1 convolutions, fp32 elsewhere.
+
+Tolerances: against fp32 PyTorch the relative logit error ``|out - ref| /
+|ref|`` stays below the registry's ``tolerance`` for int8 (5e-2), and on the
+same weights and calibration set it is at most 1.5x that of the QDQ model
+``onnxruntime.quantization.quantize_static`` writes (per-channel s8 weights,
+u8 activations, MinMax): both quantize the same tensors to 8 bits, so ours
+should be no worse than ONNX Runtime's, whose error also counts its
+quantized depthwise convolutions. The native kernel's inner loop is
+``vpdpbusd`` (the exported library's disassembly); a target without AVX-512
+VNNI computes the same integers with 32-bit multiply-adds and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tvm_shuffle as ts
+from tvm_shuffle import precisions, quantize, targets
+from tvm_shuffle.errors import UserError
+
+INT8 = precisions.get("int8")
+
+
+def host_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+native_host = pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no avx512_vnni (the kernel cannot run here)")
+
+
+def vnni_spec() -> targets.TargetSpec:
+    """An x86 target with AVX-512 VNNI whatever this host is (Zen 4), for code that is only inspected."""
+    base = targets.get("x86-avx512")
+    return dataclasses.replace(base, name="x86-znver4", target={**base.target, "mcpu": "znver4"})
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def torch_reference(module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+# ---------------------------------------------------------------------------
+# Registry, flags, calibration sets
+
+
+def test_int8_is_a_calibrated_precision_native_with_vnni_only():
+    assert INT8.calibrated and not precisions.get("bf16").calibrated
+    assert INT8.mode(vnni_spec()) == "native"
+    assert INT8.mode(targets.get("x86-avx2")) == "integer"
+    assert quantize.CALIBRATORS == precisions.CALIBRATORS == ("minmax", "percentile")
+
+
+@pytest.mark.parametrize("data, message", [
+    (np.zeros((2, 3, 8, 8), np.float32), "must be Nx3x16x16 for this model, not 2x3x8x8"),
+    (np.zeros((2, 3, 16, 16), np.int64), "must be floating point"),
+    (np.zeros((0, 3, 16, 16), np.float32), "empty"),
+    (np.full((1, 3, 16, 16), np.nan, np.float32), "NaN"),
+])
+def test_a_bad_calibration_set_is_one_user_error(data, message):
+    with pytest.raises(UserError, match=message):
+        quantize.load_calibration(data, (1, 3, 16, 16))
+
+
+def test_calibration_files_are_checked(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        quantize.load_calibration(tmp_path / "missing.npy", (1, 3, 16, 16))
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(UserError, match=r"\.npy file or a directory"):
+        quantize.load_calibration(tmp_path / "x.txt", (1, 3, 16, 16))
+    np.save(tmp_path / "c.npy", np.ones((3, 3, 16, 16), np.float32))
+    assert quantize.load_calibration(tmp_path / "c.npy", (1, 3, 16, 16)).data.shape == (3, 3, 16, 16)
+    with pytest.raises(UserError, match="no images"):
+        quantize.load_calibration(tmp_path, (1, 3, 16, 16))
+    with pytest.raises(UserError, match="unknown calibrator 'kl'"):
+        quantize.load_calibration(None, (1, 3, 16, 16), calibrator="kl")
+
+
+def test_no_calibration_set_warns_and_uses_seeded_noise():
+    with pytest.warns(UserWarning, match="synthetic N\\(0, 1\\) images"):
+        first = quantize.load_calibration(None, (1, 3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        second = quantize.load_calibration(None, (1, 3, 16, 16))
+    assert first.data.shape == (quantize.SYNTHETIC_IMAGES, 3, 16, 16) and np.array_equal(first.data, second.data)
+
+
+def test_weights_are_symmetric_per_output_channel():
+    weight = np.array([[1.0, -2.0], [0.5, 0.25], [0.0, 0.0]], np.float32).reshape(3, 2, 1, 1)
+    quantized, scale = quantize.quantize_weights(weight)
+    assert quantized.dtype == np.int8 and np.abs(quantized).max() == 127
+    np.testing.assert_allclose(scale, [2 / 127, 0.5 / 127, 1.0])
+    assert quantize.input_quant(-1.0, 3.0) == quantize.int8.InputQuant(4 / 255, 64)
+    assert quantize.input_quant(0.5, 2.0).zero_point == 0  # the range widened to hold 0
+
+
+def test_the_cli_flags_map_onto_the_precision(capsys):
+    import argparse
+
+    from tvm_shuffle import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_target_arguments(parser)
+    args = parser.parse_args(["--quantize", "int8", "--calibration", "c.npy", "--calibrator", "percentile"])
+    assert cli.precision(args) == "int8"
+    assert cli.quantization(args) == {"calibration": "c.npy", "calibrator": "percentile"}
+    with pytest.raises(UserError, match="--quantize int8 and --precision bf16 disagree"):
+        cli.precision(parser.parse_args(["--quantize", "int8", "--precision", "bf16"]))
+    with pytest.raises(UserError, match="--calibration applies to --quantize int8"):
+        cli.precision(parser.parse_args(["--calibration", "c.npy"]))
+
+
+def test_tuning_int8_is_refused(tiny_module, tiny_input):
+    with pytest.raises(UserError, match="tuning int8 is not supported yet"):
+        ts.tune(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), precision="int8", trials=0)
+
+
+# ---------------------------------------------------------------------------
+# Builds
+
+
+def test_a_vnni_target_computes_the_1x1_convolutions_with_vpdpbusd(tmp_path, tiny_module, tiny_input):
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("no objdump")
+    calibration = np.random.default_rng(1).standard_normal((4, *tiny_input.shape[1:])).astype(np.float32)
+    compiled = ts.compile(tiny_module, vnni_spec(), example_inputs=(torch.from_numpy(tiny_input),), quiet=True,
+                          precision="int8", calibration=calibration)
+    manifest = compiled.manifest["precision"]
+    assert manifest["name"] == "int8" and manifest["mode"] == "native"
+    assert manifest["calibration"]["source"] == "array" and manifest["calibration"]["int8_convs"] > 0
+    library = compiled.save(tmp_path / "b") / "model.so"
+    code = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True).stdout
+    assert re.search(r"\svpdpbusd\s", code), "no vpdpbusd in the library"
+
+
+def test_a_target_without_vnni_says_so_and_computes_integers(capsys, tiny_module, tiny_input):
+    with pytest.warns(UserWarning, match="synthetic"):
+        compiled = ts.compile(tiny_module, "x86-avx2", example_inputs=(torch.from_numpy(tiny_input),), quiet=True,
+                              precision="int8")
+    assert compiled.manifest["precision"]["mode"] == "integer"
+    assert "has no int8 instructions" in capsys.readouterr().err
+    if "avx2" in Path("/proc/cpuinfo").read_text():  # Haswell code runs on any AVX2 host
+        assert relative_error(compiled(tiny_input)[0], torch_reference(tiny_module, tiny_input)) < INT8.tolerance
+
+
+@native_host
+def test_the_tiny_model_in_int8_matches_pytorch(tiny_module, tiny_input):
+    calibration = np.random.default_rng(1).standard_normal((8, *tiny_input.shape[1:])).astype(np.float32)
+    compiled = ts.compile(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), quiet=True, precision="int8",
+                          calibration=calibration, calibrator="percentile")
+    assert compiled.manifest["precision"]["calibration"]["calibrator"] == "percentile"
+    assert relative_error(compiled(tiny_input)[0], torch_reference(tiny_module, tiny_input)) < INT8.tolerance
+
+
+@pytest.mark.slow
+@native_host
+def test_shufflenet_v2_int8_is_as_close_to_fp32_as_onnx_runtime_quantize_static(tmp_path):
+    pytest.importorskip("onnxruntime.quantization")
+    import onnxruntime as ort
+
+    from tvm_shuffle import models, peers
+
+    torch.manual_seed(0)
+    module = models.randomize_batchnorm(models.build_model("shufflenet_v2_x0_5")).eval()
+    shape = (1, 3, 64, 64)
+    rng = np.random.default_rng(1)
+    calibration = rng.standard_normal((16, *shape[1:])).astype(np.float32)
+    inputs = rng.standard_normal((4, *shape[1:])).astype(np.float32)
+    compiled = ts.compile(module, input_shape=shape, quiet=True, precision="int8", calibration=calibration)
+    onnx_file = tmp_path / "m.onnx"
+    torch.onnx.export(module, (torch.zeros(shape),), str(onnx_file), dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["y"])
+    qdq = peers.ort_quantize_static(onnx_file, calibration, tmp_path / "m.qdq.onnx")
+    session = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"])
+    ours, theirs = [], []
+    for x in inputs:
+        x = x[None]
+        ref = torch_reference(module, x)
+        out = compiled(x)[0]
+        ours.append(relative_error(out, ref))
+        theirs.append(relative_error(session.run(None, {"x": x})[0], ref))
+        assert out.argmax() == ref.argmax()
+    assert max(ours) < INT8.tolerance
+    assert np.mean(ours) <= 1.5 * np.mean(theirs), (ours, theirs)
