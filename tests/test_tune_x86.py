@@ -106,7 +106,7 @@ def test_tuned_library_matches_pytorch(tuned, work, tiny_module):
     assert (directory / "logs" / "tuning.log").stat().st_size > 0  # MetaSchedule's chatter went to files
 
 
-def test_summary_reports_trials_builder_overhead_and_latencies(tiny_pt2, work, tmp_path, capsys):
+def test_summary_reports_trials_builder_overhead_and_latencies(tuned, tiny_pt2, work, tmp_path, capsys):
     assert tune(tiny_pt2, work, tmp_path / "out", TRIALS) == 0
     captured = capsys.readouterr()
     assert "nothing to tune" in captured.err  # the same command again: the budget is spent
@@ -117,7 +117,8 @@ def test_summary_reports_trials_builder_overhead_and_latencies(tiny_pt2, work, t
         print("\n" + captured.out)
 
 
-def test_a_kernel_the_model_check_sends_back_builds_with_its_default_schedule(tiny_pt2, work, tmp_path, tiny_module):
+def test_a_kernel_the_model_check_sends_back_builds_with_its_default_schedule(tuned, tiny_pt2, work, tmp_path,
+                                                                             tiny_module):
     """The build drops exactly that kernel's records, keeps every other tuned kernel, and stays exact."""
     from tvm_shuffle import build, frontends, passes, targets
     from tvm_shuffle.tuning import tasks
@@ -135,14 +136,14 @@ def test_a_kernel_the_model_check_sends_back_builds_with_its_default_schedule(ti
     kept = in_model.build_database(directory)
     assert not kept.has_workload(back.mod)
     assert all(kept.has_workload(t.mod) for t in tuned_tasks[1:])
-    out = build.compile_imported(imported, spec, tmp_path / "out", database=kept)
+    out = build.write(build.compile_imported(imported, spec, database=kept), tmp_path / "out")
     x = np.random.default_rng(0).standard_normal(TINY_SHAPE).astype("float32")
     with torch.no_grad():
         expected = tiny_module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(runtime.load(out)(x)[0], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_more_trials_resume_without_measuring_anything_twice(tiny_pt2, work, tmp_path, capsys):
+def test_more_trials_resume_without_measuring_anything_twice(tuned, tiny_pt2, work, tmp_path, capsys):
     assert tune(tiny_pt2, work, tmp_path / "out", TRIALS + 8) == 0
     out = capsys.readouterr().out
     directory = records_dir(work)
@@ -153,7 +154,7 @@ def test_more_trials_resume_without_measuring_anything_twice(tiny_pt2, work, tmp
         print(f"\nin-process builder on this machine: {builder_line}")
 
 
-def test_records_of_identical_kernels_are_reused_by_another_model(tiny_pt2, work, tmp_path, capsys):
+def test_records_of_identical_kernels_are_reused_by_another_model(tuned, tiny_pt2, work, tmp_path, capsys):
     twin = tmp_path / "tiny_twin.pt2"  # the same network under another name: every kernel is identical
     shutil.copy(tiny_pt2, twin)
     assert tune(twin, work, tmp_path / "out", 0) == 0

@@ -123,7 +123,7 @@ class Compiled:
         return Path(self._scratch.name) / self._built.manifest["library"]
 
     def model(self, *, threads: int | None = None) -> runtime.Model:
-        """The library loaded by the runtime, as :func:`load` would load its bundle (``threads``: TVM's pool)."""
+        """The library loaded as :func:`tvm_shuffle.runtime.load` loads a bundle (``threads``: the pool size)."""
         if not self.runs_here:
             where = "a GPU" if self.spec.family == "cuda" else f"an {self.spec.runtime_arch} CPU"
             raise UserError(f"{self.name} was built for {self.spec.name}, which runs on {where}, not on this machine; "
@@ -160,11 +160,6 @@ class Compiled:
         tuned = "tuned" if self._built.manifest.get("tuned") else "untuned"
         return (f"<Compiled {self.name} {'x'.join(map(str, self.input_shape))} for {self.spec.name}, {tuned}, "
                 f"shuffle={self._built.manifest['shuffle']}>")
-
-
-def load(path: str | os.PathLike, *, threads: int | None = None) -> runtime.Model:
-    """A saved bundle (the directory :meth:`Compiled.save` or ``--out`` wrote), loaded with only the TVM runtime."""
-    return runtime.load(path, threads=threads)
 
 
 def resolve_target(target: str | TargetSpec) -> TargetSpec:
@@ -347,5 +342,5 @@ def end_to_end_ms(compiled: Compiled, *, x: np.ndarray | None = None, device=Non
     return statistics.median(compiled.benchmark(x)) * 1e3
 
 
-__all__ = ["Compiled", "Tuning", "compile", "tune", "load", "resolve_target", "records_dir", "model_flags",
+__all__ = ["Compiled", "Tuning", "compile", "tune", "resolve_target", "records_dir", "model_flags",
            "end_to_end_ms"]

@@ -26,7 +26,6 @@ import datetime
 import os
 import re
 import shlex
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -312,15 +311,12 @@ def kernel_profile(workload: engines_registry.Workload, rows: Sequence[dict], x:
 
 def tuning_curve(workload: engines_registry.Workload) -> dict[str, Any]:
     """MetaSchedule's end-to-end estimate (sum over kernels of calls x best so far) after each record."""
-    import json
-
     from tvm_shuffle import build, passes
     from tvm_shuffle.tuning import database, tasks
 
-    directory = database.database_dir(workload.work_dir, workload.spec, workload.imported.name,
-                                      workload.input_shape, workload.shuffle)
-    records_path, workloads_path = directory / database.RECORDS, directory / database.WORKLOADS
-    if not records_path.is_file() or not workloads_path.is_file():
+    directory = api.records_dir(workload.imported, workload.spec, workload.work_dir, workload.shuffle)
+    records = database.read_records(directory) if (directory / database.RECORDS).is_file() else []
+    if not records:
         return {"points": [], "database": str(directory),
                 "note": f"no tuning database in {directory}; create one with: {workload.tune_command}"}
     import tvm_ffi
@@ -328,24 +324,16 @@ def tuning_curve(workload: engines_registry.Workload) -> dict[str, Any]:
     lowered = build.lower(passes.optimize(workload.imported.mod, shuffle=workload.shuffle), workload.spec)
     task_list = tasks.extract(lowered, tasks.tuning_target(workload.spec, host_cores=host.physical_cores()))
     weight_by_hash = {str(tvm_ffi.structural_hash(t.mod)): t.weight for t in task_list}
-    hashes = [json.loads(line)[0] for line in workloads_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     best: dict[str, float] = {}
     points = []
-    lines = [line for line in records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for trial, line in enumerate(lines, start=1):
-        try:
-            index, (_trace, run_secs, *_rest) = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of an interrupted run
-        digest = hashes[index] if index < len(hashes) else None
-        seconds = statistics.mean(float(s) for s in run_secs) if run_secs else float("inf")
-        if digest in weight_by_hash and seconds < database.FAILED_RUN_SECONDS:
-            best[digest] = min(seconds, best.get(digest, float("inf")))
+    for trial, record in enumerate(records, start=1):
+        if record.workload in weight_by_hash and record.ran:
+            best[record.workload] = min(record.seconds, best.get(record.workload, float("inf")))
         if len(best) == len(weight_by_hash):
             points.append([trial, 1e3 * sum(weight_by_hash[h] * s for h, s in best.items())])
     note = "" if points else (f"MetaSchedule has records for {len(best)} of {len(weight_by_hash)} kernels after "
-                              f"{len(lines)} trials; the estimate needs all of them")
-    return {"points": points, "database": str(directory), "trials": len(lines), "tasks": len(weight_by_hash),
+                              f"{len(records)} trials; the estimate needs all of them")
+    return {"points": points, "database": str(directory), "trials": len(records), "tasks": len(weight_by_hash),
             "tasks_measured": len(best), "note": note}
 
 

@@ -1,13 +1,8 @@
 """One tuning run: tasks -> MetaSchedule (XGBoost cost model) -> records in the model's database.
 
-:func:`tune` is what ``python -m tvm_shuffle.tune`` calls before it builds
-the tuned library; it is usable on its own::
-
-    imported = frontends.load(model="shufflenet_v2_x1_0")
-    spec = targets.get("x86")
-    outcome = session.tune(imported, spec, work_dir="work", trials=200, device=runner.local(spec))
-    build.compile_imported(imported, spec, "out", database=outcome.database,
-                           database_digest=outcome.digest)
+:func:`tune` is what :func:`tvm_shuffle.api.tune` calls before it builds
+the tuned library (:func:`tvm_shuffle.tuning.in_model.build_checked`); the
+records it leaves are what ``tvm_shuffle.compile(..., work_dir=...)`` builds from.
 
 The budget counts every candidate measured for this model and target so
 far, so re-running the same command after an interruption measures only
