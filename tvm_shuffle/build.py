@@ -29,6 +29,7 @@ import numpy as np
 from tvm_shuffle import passes, schedules, targets
 from tvm_shuffle.bundle_format import LIBRARY, MANIFEST, MANIFEST_VERSION
 from tvm_shuffle.errors import UserError
+from tvm_shuffle.relax_rewrite import rewrite_calls
 from tvm_shuffle.frontends import Imported
 from tvm_shuffle.targets import TargetSpec
 from tvm_shuffle import tvm_compat
@@ -128,7 +129,7 @@ def _fold_weight_packing(mod: "tvm.IRModule") -> "tvm.IRModule":
         constants = [relax.const(array) for array in packed]
         return relax.Tuple(constants) if isinstance(call.ty, tvm.ir.TupleType) else constants[0]
 
-    return passes.rewrite_calls(mod, fold)
+    return rewrite_calls(mod, fold)
 
 
 def run_copies(func: "tvm.tirx.PrimFunc", inputs: list) -> list | None:

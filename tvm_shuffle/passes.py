@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 from tvm_shuffle.defaults import SHUFFLE_MODES
+from tvm_shuffle.relax_rewrite import rewrite_calls
 from tvm_shuffle.tvm_compat import relax, tvm
 
 
@@ -209,24 +210,6 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
         return builder.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
 
     return rewrite_calls(mod, widen)
-
-
-def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
-    """``mod`` with every call in its Relax functions replaced by ``rewrite(call, builder)`` (the call itself to keep it).
-
-    Calls are rewritten innermost first; ``builder`` starts from ``mod`` and
-    collects any kernels ``rewrite`` adds.
-    """
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            return rewrite(self.visit_expr_post_order(call), self.builder_)
-
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
 
 
 def mark_layout_free_weights(mod: "tvm.IRModule") -> "tvm.IRModule":

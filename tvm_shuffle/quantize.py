@@ -33,6 +33,7 @@ import numpy as np
 
 from tvm_shuffle import precisions
 from tvm_shuffle.errors import UserError
+from tvm_shuffle.relax_rewrite import rewrite_calls
 from tvm_shuffle.schedules import int8
 from tvm_shuffle.tvm_compat import Constant, relax, tvm
 
@@ -167,7 +168,7 @@ def int8_able(call) -> bool:
 
 
 def _int8_convs(func) -> list:
-    """The int8-able convolutions of ``func``, in binding order (the order :func:`passes.rewrite_calls` visits)."""
+    """The int8-able convolutions of ``func``, in binding order (the order :func:`tvm_shuffle.relax_rewrite.rewrite_calls` visits)."""
     found = []
 
     def visit(expr):
@@ -245,7 +246,6 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
     ``passes.lower_int8_convs`` makes them :func:`tvm_shuffle.schedules.int8.pointwise_conv2d`
     kernels; run those with :func:`tvm_shuffle.schedules.int8.using_table` on ``calibration.table``.
     """
-    from tvm_shuffle import passes
 
     quants = calibrate(mod, calibration)
     weights = [quantize_weights(call.args[1].value.numpy()) for call in _int8_convs(mod["main"])]
@@ -273,7 +273,7 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
         return relax.op.add(relax.op.multiply(conv, relax.const(multiplier.astype(np.float32).reshape(channels))),
                             relax.const(offset.astype(np.float32).reshape(channels)))
 
-    out = passes.rewrite_calls(mod, rewrite)
+    out = rewrite_calls(mod, rewrite)
     calibration.int8_convs = sum(key not in refused for key in keys)
     calibration.fp32_ops = fp32_operators(out)
     return out

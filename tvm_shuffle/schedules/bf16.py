@@ -339,7 +339,7 @@ def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles, slices: 
     _tile(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, native=False,
           thread_slices=slices)
     *_, last = sch.get_loops(found.pairs)
-    _vectorize_divisor(sch, last)
+    vectorize_divisor(sch, last)
 
 
 def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool, thread_slices: int):
@@ -349,7 +349,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     """
     crop = _fold_epilogue(sch, found)
     out_channels, padded, pixels, tile = _plan(sch, found, tiles)
-    oc, vectors = _register_tile(out_channels, tile // lanes, tiles.accumulators)
+    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     conv = found.conv
     writeback = sch.cache_write(conv, 0, "local")
     n, o, p, k, j = sch.get_loops(conv)
@@ -383,7 +383,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     return outer
 
 
-def _register_tile(channels: int, vectors: int, accumulators: int) -> tuple[int, int]:
+def register_tile(channels: int, vectors: int, accumulators: int) -> tuple[int, int]:
     """(output channels, pixel vectors) of a tile of sums: divisors of both, as many sums as fit, more channels first.
 
     The channels divide the output channels because a tensorized step cannot
@@ -423,11 +423,11 @@ def _vectorize_flat(sch: Schedule, loop, real: int | None = None) -> None:
     end = extent if real is None else real
     bounds = sorted({b for b in (end // LANES * LANES, end) if 0 < b < extent})
     if not bounds:
-        _vectorize_divisor(sch, loop)
+        vectorize_divisor(sch, loop)
         return
     sizes = [b - a for a, b in zip([0, *bounds], bounds)]
     first, *rest = sch.loop_partition(loop, [*sizes, None])
-    _vectorize_divisor(sch, first)
+    vectorize_divisor(sch, first)
     for part in rest:  # each less than a vector, starting past zero (split needs a zero start)
         sch.vectorize(part)
 
@@ -441,10 +441,10 @@ def _convert_pairs(sch: Schedule, pairs) -> None:
 
 def _vectorize_inner(sch: Schedule, block) -> None:
     """Vectorize a divisor of a block's innermost loop."""
-    _vectorize_divisor(sch, sch.get_loops(block)[-1])
+    vectorize_divisor(sch, sch.get_loops(block)[-1])
 
 
-def _vectorize_divisor(sch: Schedule, loop) -> None:
+def vectorize_divisor(sch: Schedule, loop) -> None:
     extent = int(sch.get(loop).extent)
     lanes = next(t for t in (LANES, 8, 14, 7, 4, 2, 1) if extent % t == 0)
     if lanes > 1:

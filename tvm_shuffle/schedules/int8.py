@@ -60,7 +60,7 @@ import numpy as np
 
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
-from tvm_shuffle.schedules.bf16 import _register_tile, _vectorize_divisor  # shared tiling arithmetic
+from tvm_shuffle.schedules.bf16 import register_tile, vectorize_divisor
 from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
 
 QUAD = 4  # input channels per 32-bit lane of vpdpbusd
@@ -312,7 +312,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         tile = LANES * max(t for t in range(1, tiles.tile_vectors + 1) if vectors % t == 0)
     else:
         tile = padded  # one tile: the epilogue then reads whole rows of real pixels
-    oc, vectors = _register_tile(out_channels, tile // lanes, tiles.accumulators)
+    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     if not native:
         # Plain integer path: the quads stored [K / 4, 4, pixels], one input channel's pixels per vector.
         sch.transform_layout(found.quads, ("write", 0), lambda n, k, p, j: (n, k, j, p))
@@ -328,8 +328,8 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
     sch.reverse_compute_at(writeback, chunk)
     sch.reverse_compute_at(crop, o_out)
-    _vectorize_divisor(sch, sch.get_loops(crop)[-1])
-    _vectorize_divisor(sch, sch.get_loops(writeback)[-1])
+    vectorize_divisor(sch, sch.get_loops(crop)[-1])
+    vectorize_divisor(sch, sch.get_loops(writeback)[-1])
     sch.unroll(o_in)
     sch.unroll(vector)
     _pack_weights(sch, found.weights, oc, native=native)
@@ -367,19 +367,19 @@ def _pack_weights(sch: Schedule, weights, oc: int, *, native: bool) -> None:
 
 def _vectorize_stages(sch: Schedule, found: _Blocks, *, native: bool) -> None:
     if found.gather is not None:
-        _vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
+        vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
     if found.pad is not None:
         loops = sch.get_loops(found.pad)
         if sch.can_decompose_padding(found.pad, loops[-1]):
             sch.decompose_padding(found.pad, loops[-1])
-            _vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
+            vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
     if native:
         # 16 pixels x 4 channels per step: one 64-byte vector of quads.
         *_, p, j = sch.get_loops(found.quads)
         _, lane = sch.split(p, [None, LANES])
         sch.vectorize(sch.fuse(lane, j))
     else:
-        _vectorize_divisor(sch, sch.get_loops(found.quads)[-1])
+        vectorize_divisor(sch, sch.get_loops(found.quads)[-1])
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",

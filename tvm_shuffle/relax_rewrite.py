@@ -1,0 +1,26 @@
+"""Rewriting the calls of a Relax module: the one mutator every graph pass here is written with."""
+
+from __future__ import annotations
+
+from tvm_shuffle.tvm_compat import relax, tvm  # noqa: F401 - tvm names the annotations
+
+
+def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
+    """``mod`` with every call in its Relax functions replaced by ``rewrite(call, builder)`` (the call itself to keep it).
+
+    Calls are rewritten innermost first; ``builder`` starts from ``mod`` and
+    collects any kernels ``rewrite`` adds.
+    """
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            return rewrite(self.visit_expr_post_order(call), self.builder_)
+
+    rewriter = Rewriter(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+__all__ = ["rewrite_calls"]
