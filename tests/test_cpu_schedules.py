@@ -176,6 +176,27 @@ def test_a_depthwise_conv_reading_two_tensors_copies_its_padding_interior_with_v
     assert_matches_unscheduled(mod, random_input((N, C, 8, 8)))
 
 
+@pytest.mark.parametrize("graph, size", [(stride2_unit, 8), (lambda: v2_units(shape=(N, C, 7, 7)), 7)])
+def test_a_neon_padding_that_gathers_several_tensors_copies_one_source_at_a_time(graph, size, monkeypatch):
+    """With NEON's constants, the padding of a gathered stride-2 depthwise conv (columns apart) and of a gathered
+    1x1 conv on an odd plane is one loop per source tensor (LoopPartition), and still computes the same numbers.
+
+    The numbers are checked on this host: the NEON constants are forced on its build.
+    """
+    mod = fuse_shuffles(graph())
+    arm = targets.get("arm-rpi4")
+    gathered = [f for name, f in conv_kernels(mod, arm) if "gathered" in name]
+    partitioned = ["LoopPartition" in [i.kind.name for i in default_schedule(f, arm.tvm_target()).trace.insts]
+                   for f in gathered]
+    assert gathered and any(partitioned)
+    avx512 = targets.get("x86-avx512")  # x86 keeps one loop (no reloads there to remove)
+    assert not any("LoopPartition" in str(default_schedule(f, avx512.tvm_target()).trace)
+                   for name, f in conv_kernels(mod, avx512) if "gathered" in name)
+    neon = cpu_constants(arm.tvm_target())
+    monkeypatch.setattr(cpu, "cpu_constants", lambda target: neon)
+    assert_matches_unscheduled(mod, random_input((N, C, size, size)))
+
+
 def test_a_stride2_padding_with_columns_apart_keeps_its_bounds_test():
     """decompose_padding needs a box-shaped interior, which even and odd columns stored apart are not."""
     spec = host_spec()

@@ -35,6 +35,13 @@ iteration of the parallel loop, whose runtime bounds LLVM cannot unroll
 (:func:`.cpu._row_pieces`; ``tvm_shuffle.static_check`` reads the spills in
 the built code).
 
+On NEON a padding stage that gathers several tensors (a stride-2 depthwise
+conv's, whose copy keeps its bounds test, or a gathered 1x1 conv's on a
+7x7 plane) is copied one loop per source tensor (``pad_per_source``): in one
+loop, all the sources' pointers stay live across each row's copy and LLVM
+reloads some from the stack (up to 9 sources in ShuffleNetV2 1.0x). The x86
+builds had no such reloads there, and keep one loop.
+
 The measurements behind these choices, with their machines, are in
 ``benchmarks/results/schedule_choices.md``.
 """
@@ -60,6 +67,7 @@ class CPUConstants:
     row_multiple: int = 1  # depthwise output rows are computed rounded up to this many columns
     depthwise_vectors: int = 0  # >0: depthwise rows in parallel pieces of at most this many vectors
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
+    pad_per_source: bool = False  # a padding that gathers several tensors: one loop per source (cpu._planes_per_source)
 
     def lanes(self, dtype_bits: int = 32) -> int:
         return self.vector_bits // dtype_bits
@@ -72,7 +80,7 @@ CPU_ISAS = (
                                row_multiple=8)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
     ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28, row_multiple=8,
-                            depthwise_vectors=4)),
+                            depthwise_vectors=4, pad_per_source=True)),
 )
 GENERIC_CPU = CPUConstants("sse", 128, accumulators=4, vectors_per_tile=2)
 

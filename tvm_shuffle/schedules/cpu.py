@@ -20,7 +20,9 @@ claims a kernel and then fails raises. Tile sizes come from
   convolutions vectorize along the output row; a depthwise one pads one
   channel plane at a time into a small buffer
   so the padding test leaves the vector loop, and a stride-2 one stores that
-  plane's even and odd columns apart so its windows are contiguous.
+  plane's even and odd columns apart so its windows are contiguous. On NEON
+  a padding that gathers several tensors is copied one loop per source
+  tensor, so its copy holds one source's pointer, not all of them.
 * :class:`Pool2d`: a windowed pooling (the stem's max-pool), one padded
   plane per channel, stride-2 columns stored apart like the depthwise conv.
 * :class:`Dense`: the classifier's matrix product.
@@ -33,7 +35,7 @@ import dataclasses
 from tvm_shuffle.schedules.analysis import (ConvShape, child_blocks, conv_shape, inline_epilogue, is_einsum,
                                             is_reduction, iter_extents)
 from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
-from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir
+from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir, tvm
 
 # Iterations below this run on one thread: waking the pool costs more.
 MIN_PARALLEL_WORK = 4096
@@ -316,8 +318,11 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     sch.unroll(vector)
     sch.vectorize(lane)
     batch, channel, pixel = sch.get_loops(padding)
-    sch.parallel(sch.fuse(batch, channel))
     sch.vectorize(sch.split(pixel, [None, lanes])[1])
+    if const.pad_per_source and _source_cuts(sch, padding):
+        _planes_per_source(sch, padding, channel, const)
+    else:
+        sch.parallel(sch.fuse(batch, channel))
     sch.reverse_compute_at(epilogue, outer)
     _parallel(sch, outer, channels * padded_pixels, const)
     sch.decompose_reduction(conv, reduce[0])
@@ -352,6 +357,8 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
             # One padded plane per output channel, while it is hot in cache.
             sch.compute_at(pad, outer)
             _vectorize_padding(sch, pad, lanes, first_loop=1)
+        elif const.pad_per_source and _columns_apart(sch, pad) and _source_cuts(sch, pad):
+            _planes_per_source(sch, pad, sch.get_loops(pad)[1], const)
         else:
             _vectorize_padding(sch, pad, lanes, first_loop=0)
             sch.parallel(sch.fuse(*sch.get_loops(pad)[:3]))
@@ -444,6 +451,66 @@ def _vectorize_padding(sch: Schedule, pad, lanes: int, *, first_loop: int) -> No
         return
     sch.decompose_padding(pad, sch.get_loops(pad)[first_loop])
     sch.vectorize(_split_inner(sch, sch.get_loops(pad)[-1], lanes))
+
+
+def _source_cuts(sch: Schedule, block) -> list[int]:
+    """The channels at which a gather stage (:class:`.kernels.Segments`) moves on to its next source, in order.
+
+    A gather picks its source by a chain of ``channel < cut`` tests on the
+    block's channel iterator (its second); a stage reading one tensor has none.
+    """
+    node = sch.get(block)
+    if len({r.source for r in node.reads}) < 2:
+        return []
+    channel = node.iter_vars[1].var
+    extent = int(node.iter_vars[1].dom.extent)
+    cuts: set[int] = set()
+
+    def visit(expr) -> None:
+        if isinstance(expr, tir.LT) and expr.a.same_as(channel) and isinstance(expr.b, tir.IntImm):
+            cuts.add(int(expr.b.value))
+        for field in ("a", "b", "condition", "true_value", "false_value", "value"):
+            child = getattr(expr, field, None)
+            if isinstance(child, tvm.ir.expr.Expr):
+                visit(child)
+        if isinstance(expr, tvm.ir.Call):
+            for arg in expr.args:
+                visit(arg)
+
+    visit(node.body.value if isinstance(node.body, tir.BufferStore) else node.body)
+    return sorted(c for c in cuts if 0 < c < extent)
+
+
+def _planes_per_source(sch: Schedule, pad, channel, const: CPUConstants) -> None:
+    """A padding stage that gathers several tensors: one loop over its planes per source tensor.
+
+    The gather picks its source by a chain of tests on the channel. In one
+    loop over the planes (a stride-2 depthwise conv's, whose copy keeps a
+    bounds test per element, :func:`_vectorize_padding`; a gathered 1x1
+    conv's on a plane padded to whole vectors), every source's pointer and
+    offsets stay live across each plane's copy: with up to 9 sources
+    (ShuffleNetV2 1.0x's last stride-2 unit) that is more than the general
+    registers, and LLVM reloads pointers from the stack inside the copy.
+    The ``channel`` loop is partitioned at the sources' boundaries
+    (:func:`_source_cuts`) instead: each partition reads one tensor, its
+    tests fold away, and it is shared out among the threads when it is
+    large enough. (Rows shared out, with all partitions inside, keep every
+    partition's invariants live across the row loop and spill the same way.)
+    """
+    loops = sch.get_loops(pad)
+    below = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(channel))) + 1
+    extent = int(sch.get(channel).extent)
+    plane = _extent_product(sch, loops[below:])
+    bounds = [0, *_source_cuts(sch, pad), extent]
+    for loop in sch.loop_partition(channel, [b - a for a, b in zip(bounds, bounds[1:-1])] + [None]):
+        _parallel(sch, loop, int(sch.get(loop).extent) * plane, const)
+
+
+def _extent_product(sch: Schedule, loops: list) -> int:
+    product = 1
+    for loop in loops:
+        product *= int(sch.get(loop).extent)
+    return product
 
 
 def _columns_apart(sch: Schedule, pad) -> bool:
