@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from tvm_shuffle.bundle_format import sha256
 from tvm_shuffle.errors import UserError, cli_entry
 
 HERE = Path(__file__).resolve().parent
@@ -60,14 +60,6 @@ WHEEL_PYTHON = "3.12"  # the GPU machine's Python
 
 def log(message: str) -> None:
     print(f"[pack] {message}", file=sys.stderr, flush=True)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundle_name(model: str, batch: int) -> str:

@@ -115,38 +115,39 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     padded = -(-pixels // LANES) * LANES
 
     def read(n, c, p):
-        return gather.read(sources, n, c, p // _i64(width), p % _i64(width))
+        return gather.read(sources, n, c, p // i64(width), p % i64(width))
 
     if len(sources) > 1 or padded == pixels:
         # Several tensors: the choice between them once per input element, not once per output channel.
         # One: a flat copy, whose rows of 16 pixels the conversion to bf16 reads whole.
-        gathered = te.compute(_shape(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
+        gathered = te.compute(shape64(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
         read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
     if padded > pixels:
         real = read
-        flat = te.compute(_shape(batch, channels, padded),
-                          lambda n, c, p: tir.if_then_else(p < _i64(pixels), real(n, c, p), tir.const(0, "float32")),
+        flat = te.compute(shape64(batch, channels, padded),
+                          lambda n, c, p: tir.if_then_else(p < i64(pixels), real(n, c, p), tir.const(0, "float32")),
                           name=PAD)
         read = lambda n, c, p: flat[n, c, p]  # noqa: E731
-    pairs = te.compute(_shape(batch, channels // 2, padded, 2),
-                       lambda n, k, p, j: read(n, k * _i64(2) + j, p).astype("bfloat16"), name=PAIRS)
-    k = te.reduce_axis((_i64(0), _i64(channels // 2)), "rk")
-    j = te.reduce_axis((_i64(0), _i64(2)), "rj")
-    zero = _i64(0)
-    conv = te.compute(_shape(batch, out_channels, padded),
+    pairs = te.compute(shape64(batch, channels // 2, padded, 2),
+                       lambda n, k, p, j: read(n, k * i64(2) + j, p).astype("bfloat16"), name=PAIRS)
+    k = te.reduce_axis((i64(0), i64(channels // 2)), "rk")
+    j = te.reduce_axis((i64(0), i64(2)), "rj")
+    zero = i64(0)
+    conv = te.compute(shape64(batch, out_channels, padded),
                       lambda n, o, p: te.sum(pairs[n, k, p, j].astype(out_dtype)
-                                             * weight[o, k * _i64(2) + j, zero, zero].astype(out_dtype), axis=[k, j]),
+                                             * weight[o, k * i64(2) + j, zero, zero].astype(out_dtype), axis=[k, j]),
                       name=CONV)
-    return te.compute(_shape(batch, out_channels, height, width),
-                      lambda n, o, h, w: conv[n, o, h * _i64(width) + w], name=CROP)
+    return te.compute(shape64(batch, out_channels, height, width),
+                      lambda n, o, h, w: conv[n, o, h * i64(width) + w], name=CROP)
 
 
-def _i64(value: int):
+def i64(value: int):
+    """An int64 constant: the kernels index with int64, as TVM's TE does for these shapes."""
     return tir.IntImm("int64", value)
 
 
-def _shape(*dims: int) -> tuple:
-    return tuple(_i64(d) for d in dims)
+def shape64(*dims: int) -> tuple:
+    return tuple(i64(d) for d in dims)
 
 
 # ---------------------------------------------------------------------------

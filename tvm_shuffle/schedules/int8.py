@@ -60,7 +60,7 @@ import numpy as np
 
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
-from tvm_shuffle.schedules.bf16 import register_tile, vectorize_divisor
+from tvm_shuffle.schedules.bf16 import i64, register_tile, shape64, vectorize_divisor
 from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
 
 QUAD = 4  # input channels per 32-bit lane of vpdpbusd
@@ -143,50 +143,42 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     padded = -(-pixels // LANES) * LANES
 
     def read(n, c, p):
-        return gather.read(sources, n, c, p // _i64(width), p % _i64(width))
+        return gather.read(sources, n, c, p // i64(width), p % i64(width))
 
     if len(sources) > 1 or padded == pixels:
-        gathered = te.compute(_shape(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
+        gathered = te.compute(shape64(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
         read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
     if padded > pixels:
         real = read
-        flat = te.compute(_shape(batch, channels, padded),
-                          lambda n, c, p: tir.if_then_else(p < _i64(pixels), real(n, c, p), tir.const(0, "float32")),
+        flat = te.compute(shape64(batch, channels, padded),
+                          lambda n, c, p: tir.if_then_else(p < i64(pixels), real(n, c, p), tir.const(0, "float32")),
                           name=PAD)
         read = lambda n, c, p: flat[n, c, p]  # noqa: E731
     inverse = tir.const(1.0 / quant.scale, "float32")
     zero_point = tir.const(float(quant.zero_point), "float32")
 
     def quantize(n, k, p, j):
-        c = k * _i64(QUAD) + j
+        c = k * i64(QUAD) + j
         if channels % QUAD:
-            value = tir.if_then_else(c < _i64(channels), read(n, tir.min(c, _i64(channels - 1)), p) * inverse + zero_point,
+            value = tir.if_then_else(c < i64(channels), read(n, tir.min(c, i64(channels - 1)), p) * inverse + zero_point,
                                      tir.const(0.0, "float32"))
         else:
             value = read(n, c, p) * inverse + zero_point
         return tir.max(tir.min(tir.round(value), tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint8")
 
-    quad_input = te.compute(_shape(batch, quads, padded, QUAD), quantize, name=QUADS)
-    last = _i64(channels - 1)
-    zero = _i64(0)
-    weights = te.compute(_shape(out_channels, quads * QUAD),
+    quad_input = te.compute(shape64(batch, quads, padded, QUAD), quantize, name=QUADS)
+    last = i64(channels - 1)
+    zero = i64(0)
+    weights = te.compute(shape64(out_channels, quads * QUAD),
                          lambda o, c: weight[o, tir.min(c, last) if channels % QUAD else c, zero, zero], name=WEIGHTS)
-    k = te.reduce_axis((_i64(0), _i64(quads)), "rk")
-    j = te.reduce_axis((_i64(0), _i64(QUAD)), "rj")
-    conv = te.compute(_shape(batch, out_channels, padded),
+    k = te.reduce_axis((i64(0), i64(quads)), "rk")
+    j = te.reduce_axis((i64(0), i64(QUAD)), "rj")
+    conv = te.compute(shape64(batch, out_channels, padded),
                       lambda n, o, p: te.sum(quad_input[n, k, p, j].astype("int32")
-                                             * weights[o, k * _i64(QUAD) + j].astype("int32"), axis=[k, j]),
+                                             * weights[o, k * i64(QUAD) + j].astype("int32"), axis=[k, j]),
                       name=CONV)
-    return te.compute(_shape(batch, out_channels, height, width),
-                      lambda n, o, h, w: conv[n, o, h * _i64(width) + w].astype(out_dtype), name=CROP)
-
-
-def _i64(value: int):
-    return tir.IntImm("int64", value)
-
-
-def _shape(*dims: int) -> tuple:
-    return tuple(_i64(d) for d in dims)
+    return te.compute(shape64(batch, out_channels, height, width),
+                      lambda n, o, h, w: conv[n, o, h * i64(width) + w].astype(out_dtype), name=CROP)
 
 
 # ---------------------------------------------------------------------------
