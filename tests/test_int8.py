@@ -92,6 +92,23 @@ def test_calibration_files_are_checked(tmp_path):
         quantize.load_calibration(None, (1, 3, 16, 16), calibrator="kl")
 
 
+def test_a_directory_of_images_is_preprocessed_as_torchvision_does(tmp_path):
+    """Short side resized to 256/224 of the crop, center crop, ImageNet normalization, CHW."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 30), (17, 64), (16, 16)]):  # (width, height): landscape, portrait, square
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(tmp_path / "white.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = quantize.load_calibration(tmp_path, (1, 3, 16, 16)).data
+    assert data.shape == (4, 3, 16, 16) and data.dtype == np.float32
+    white = data[3]  # sorted names: 0.png, 1.png, 2.png, white.jpg
+    expected = (1.0 - np.array(quantize.IMAGENET_MEAN)) / np.array(quantize.IMAGENET_STD)
+    np.testing.assert_allclose(white[:, 8, 8], expected, rtol=1e-5)
+    assert np.isfinite(data).all() and -2.2 < data.min() and data.max() < 2.7
+
+
 def test_no_calibration_set_warns_and_uses_seeded_noise():
     with pytest.warns(UserWarning, match="synthetic N\\(0, 1\\) images"):
         first = quantize.load_calibration(None, (1, 3, 16, 16))
