@@ -35,16 +35,10 @@ class Precision:
             return False
         if not features:
             return True
-        from tvm.target import codegen
+        from tvm_shuffle.tvm_compat import target_has_feature
 
         target = target if target is not None else spec.tvm_target()
-        for feature in features:
-            try:
-                if codegen.target_has_features(feature, target):
-                    return True
-            except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
-                continue
-        return False
+        return any(target_has_feature(target, feature) for feature in features)
 
     def mode(self, spec, target=None) -> str:
         """``"native"`` or the fallback's mode (``"storage-only"``, ``"integer"``) on ``spec`` (what the build and manifest say)."""

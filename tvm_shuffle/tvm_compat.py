@@ -34,7 +34,7 @@ TVM_VERSION = tvm.__version__
 
 __all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Trace", "Constant", "TensorLoad", "derived_object",
            "from_onnx", "from_exported_program", "estimate_tir_flops", "make_target", "llvm_host_cpu",
-           "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "TVM_VERSION", "VERIFIED_TVM"]
+           "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "target_has_feature", "TVM_VERSION", "VERIFIED_TVM"]
 
 
 def make_target(target: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> "tvm.target.Target":
@@ -57,6 +57,20 @@ def onnx_supported_ops() -> frozenset[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     return frozenset(_get_convert_map())
+
+
+def target_has_feature(target: "tvm.target.Target", feature: str) -> bool:
+    """Whether an LLVM target has a CPU feature (``avx512bf16``, ``neon``); False for any other kind of target.
+
+    LLVM raises for a feature name it does not know on the target's
+    architecture (``avx512f`` on aarch64): that target does not have it.
+    """
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(tvm.target.codegen.target_has_features(feature, target))
+    except tvm.error.TVMError:
+        return False
 
 
 def llvm_host_cpu() -> str:

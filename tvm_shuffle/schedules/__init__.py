@@ -38,7 +38,7 @@ def default_schedule_passes(spec) -> list:
     takes stays unscheduled (LLVM still compiles it); on GPUs every kernel
     gets a thread binding.
     """
-    from tvm_shuffle.schedules import cpu, gpu
+    from tvm_shuffle.schedules import gpu
     from tvm_shuffle.tvm_compat import dlight
 
     rules = cpu_rules() if spec.family in CPU_FAMILIES else gpu.default_rules()
@@ -54,7 +54,7 @@ def cpu_rules() -> tuple:
 
 def default_schedule(func, target):
     """The default schedule of one PrimFunc by our own rules (a ``Schedule``), or None when none applies."""
-    from tvm_shuffle.schedules import cpu, gpu
+    from tvm_shuffle.schedules import gpu
 
     for rule in cpu_rules() + gpu.custom_rules():
         sch = rule.apply(func, target, False)

@@ -51,7 +51,7 @@ import dataclasses
 import functools
 
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
-from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
+from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 LANES = 16  # pixels per vector of fp32 sums (AVX-512)
 CONV = "conv2d_bf16"
@@ -64,6 +64,7 @@ PAIRS = "bf16_pairs"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 DOT_INTRIN = "tvm_shuffle_dpbf16ps_16x2"
+BF16_FEATURE = "avx512bf16"  # the LLVM feature of vdpbf16ps
 PAIRS_INTRIN = "tvm_shuffle_bf16_pairs_2x16"
 DOT_FUNCTION = "tvm_shuffle_dpbf16ps"
 PAIRS_FUNCTION = "tvm_shuffle_bf16_pairs"
@@ -102,6 +103,34 @@ def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
             and all(int(d) == 1 for d in dilation))
 
 
+def flat_input(sources, gather, channels: int, *, gather_name: str, pad_name: str):
+    """The gathered NCHW input as ``read(n, c, p)`` over flat pixels padded to whole vectors, with the stages it needs.
+
+    Returns ``(read, padded pixels)``. Several tensors get a gather stage
+    (``gather_name``: the choice between them once per input element, not
+    once per output channel); one tensor gets a flat copy when the plane is
+    whole vectors, whose rows of :data:`LANES` pixels the conversion reads
+    whole; a plane that is not gets a zero-padded stage (``pad_name``).
+    """
+    batch, _, height, width = (int(d) for d in sources[0].shape)
+    pixels = height * width
+    padded = -(-pixels // LANES) * LANES
+
+    def read(n, c, p):
+        return gather.read(sources, n, c, p // i64(width), p % i64(width))
+
+    if len(sources) > 1 or padded == pixels:
+        gathered = te.compute(shape64(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=gather_name)
+        read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
+    if padded > pixels:
+        real = read
+        flat = te.compute(shape64(batch, channels, padded),
+                          lambda n, c, p: tir.if_then_else(p < i64(pixels), real(n, c, p), tir.const(0, "float32")),
+                          name=pad_name)
+        read = lambda n, c, p: flat[n, c, p]  # noqa: E731
+    return read, padded
+
+
 def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") -> te.Tensor:
     """1x1 NCHW conv2d of the gathered input (see :mod:`.kernels`) with bf16 weights ``tensors[-1]``.
 
@@ -111,23 +140,7 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     *sources, weight = tensors
     batch, _, height, width = (int(d) for d in sources[0].shape)
     out_channels, channels = (int(d) for d in weight.shape[:2])
-    pixels = height * width
-    padded = -(-pixels // LANES) * LANES
-
-    def read(n, c, p):
-        return gather.read(sources, n, c, p // i64(width), p % i64(width))
-
-    if len(sources) > 1 or padded == pixels:
-        # Several tensors: the choice between them once per input element, not once per output channel.
-        # One: a flat copy, whose rows of 16 pixels the conversion to bf16 reads whole.
-        gathered = te.compute(shape64(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
-        read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
-    if padded > pixels:
-        real = read
-        flat = te.compute(shape64(batch, channels, padded),
-                          lambda n, c, p: tir.if_then_else(p < i64(pixels), real(n, c, p), tir.const(0, "float32")),
-                          name=PAD)
-        read = lambda n, c, p: flat[n, c, p]  # noqa: E731
+    read, padded = flat_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
     pairs = te.compute(shape64(batch, channels // 2, padded, 2),
                        lambda n, k, p, j: read(n, k * i64(2) + j, p).astype("bfloat16"), name=PAIRS)
     k = te.reduce_axis((i64(0), i64(channels // 2)), "rk")
@@ -245,14 +258,7 @@ def thread_slices(target) -> int:
 
 def has_native_bf16(target) -> bool:
     """Whether the LLVM target computes bf16 dot products (AVX512_BF16)."""
-    from tvm.target import codegen
-
-    if target.kind.name != "llvm":
-        return False
-    try:
-        return bool(codegen.target_has_features("avx512bf16", target))
-    except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
-        return False
+    return target_has_feature(target, BF16_FEATURE)
 
 
 class PointwiseBF16(dlight.ScheduleRule):

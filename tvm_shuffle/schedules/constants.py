@@ -87,15 +87,9 @@ GENERIC_CPU = CPUConstants("sse", 128, accumulators=4, vectors_per_tile=2)
 
 def cpu_constants(target) -> CPUConstants:
     """The constants for an LLVM ``tvm.target.Target`` (by its CPU features)."""
-    from tvm.target import codegen
+    from tvm_shuffle.tvm_compat import target_has_feature
 
-    for feature, constants in CPU_ISAS:
-        try:
-            if codegen.target_has_features(feature, target):
-                return constants
-        except Exception:  # a feature name LLVM does not know for this architecture
-            continue
-    return GENERIC_CPU
+    return next((constants for feature, constants in CPU_ISAS if target_has_feature(target, feature)), GENERIC_CPU)
 
 
 @dataclasses.dataclass(frozen=True)

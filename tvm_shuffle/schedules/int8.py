@@ -60,8 +60,8 @@ import numpy as np
 
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
-from tvm_shuffle.schedules.bf16 import i64, register_tile, shape64, vectorize_divisor
-from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
+from tvm_shuffle.schedules.bf16 import flat_input, i64, register_tile, shape64, vectorize_divisor
+from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 QUAD = 4  # input channels per 32-bit lane of vpdpbusd
 CONV = "conv2d_int8"
@@ -139,21 +139,7 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     batch, _, height, width = (int(d) for d in sources[0].shape)
     out_channels, channels = (int(d) for d in weight.shape[:2])
     quads = -(-channels // QUAD)
-    pixels = height * width
-    padded = -(-pixels // LANES) * LANES
-
-    def read(n, c, p):
-        return gather.read(sources, n, c, p // i64(width), p % i64(width))
-
-    if len(sources) > 1 or padded == pixels:
-        gathered = te.compute(shape64(batch, channels, pixels), lambda n, c, p: read(n, c, p), name=GATHER)
-        read = lambda n, c, p: gathered[n, c, p]  # noqa: E731
-    if padded > pixels:
-        real = read
-        flat = te.compute(shape64(batch, channels, padded),
-                          lambda n, c, p: tir.if_then_else(p < i64(pixels), real(n, c, p), tir.const(0, "float32")),
-                          name=PAD)
-        read = lambda n, c, p: flat[n, c, p]  # noqa: E731
+    read, padded = flat_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
     inverse = tir.const(1.0 / quant.scale, "float32")
     zero_point = tir.const(float(quant.zero_point), "float32")
 
@@ -230,14 +216,7 @@ def register_intrinsics() -> None:
 
 def has_vnni(target) -> bool:
     """Whether the LLVM target has AVX-512 VNNI (``vpdpbusd`` on 512-bit vectors)."""
-    from tvm.target import codegen
-
-    if target.kind.name != "llvm":
-        return False
-    try:
-        return bool(codegen.target_has_features(VNNI_FEATURE, target))
-    except Exception:  # noqa: BLE001 - a feature LLVM does not know for this architecture
-        return False
+    return target_has_feature(target, VNNI_FEATURE)
 
 
 class PointwiseInt8(dlight.ScheduleRule):
