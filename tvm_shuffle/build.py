@@ -233,10 +233,8 @@ def output_signature(mod: "tvm.IRModule") -> list[dict[str, Any]]:
 
 
 def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuffle: str,
-             build_seconds: float, database_digest: str | None = None, precision: str = "fp32",
-             calibration=None) -> dict[str, Any]:
-    from tvm_shuffle import precisions
-
+             build_seconds: float, database_digest: str | None = None, precision: dict[str, Any]) -> dict[str, Any]:
+    """``precision``: its name, its mode on ``spec`` and, when calibrated, the calibration."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "model": imported.name,
@@ -248,8 +246,7 @@ def manifest(imported: Imported, spec: TargetSpec, mod: "tvm.IRModule", *, shuff
         "target": {"name": spec.name, "family": spec.family, "tvm": spec.target, "host": spec.host,
                    "arch": spec.runtime_arch},
         "shuffle": shuffle,
-        "precision": {"name": precision, "mode": precisions.get(precision).mode(spec),
-                      **({"calibration": calibration.describe()} if calibration is not None else {})},
+        "precision": precision,
         "tuned": database_digest is not None,
         "tuning_database_digest": database_digest,
         "tvm_version": TVM_VERSION,
@@ -285,9 +282,12 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
 
     start = time.perf_counter()
     chosen = precisions.get(precision)
-    if chosen.mode(spec) != "native":
-        print(f"note: {spec.name} has no {precision} instructions ({', '.join(chosen.native.get('x86', ()))} on x86): "
-              f"{chosen.fallback}", file=sys.stderr)
+    mode = chosen.mode(spec)
+    if mode != "native":
+        features = chosen.native.get(spec.family, ())
+        print(f"note: {spec.name} has no {precision} instructions"
+              + (f" ({', '.join(features)} on {spec.family})" if features else "") + f": {chosen.fallback}",
+              file=sys.stderr)
     if chosen.calibrated and calibration is None:
         calibration = quantize.load_calibration(None, imported.input_shape)
     report = schedules.FusionReport()
@@ -299,9 +299,10 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
         if chosen.calibrated:
             print(calibration.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
+    precision_info = {"name": precision, "mode": mode,
+                      **({"calibration": calibration.describe()} if chosen.calibrated else {})}
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
-                    database_digest=database_digest, precision=precision,
-                    calibration=calibration if chosen.calibrated else None)
+                    database_digest=database_digest, precision=precision_info)
     return Built(executable, mod, spec, info)
 
 
