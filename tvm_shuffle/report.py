@@ -95,9 +95,9 @@ def random_inputs(shape: Sequence[int], dtype: str, count: int) -> list[np.ndarr
     64-byte aligned, as TVM's kernels require: otherwise the tvm_shuffle rows
     would pay for a copy that no other engine makes.
     """
-    from tvm_shuffle.runtime import aligned_copy
+    from tvm_shuffle.runtime import random_input
 
-    return [aligned_copy(np.random.default_rng(seed).standard_normal(shape).astype(dtype)) for seed in range(count)]
+    return [random_input(shape, dtype, seed) for seed in range(count)]
 
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:

@@ -41,6 +41,11 @@ def aligned_copy(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndarray:
     return out
 
 
+def random_input(shape: Sequence[int], dtype: str = "float32", seed: int = 0) -> np.ndarray:
+    """A seeded standard-normal array, 64-byte aligned: what benchmarks and checks feed a model."""
+    return aligned_copy(np.random.default_rng(seed).standard_normal(tuple(shape)).astype(dtype))
+
+
 def _import_tvm_ffi():
     """Import ``tvm_ffi`` without letting it pull in torch.
 

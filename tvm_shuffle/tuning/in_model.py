@@ -31,6 +31,7 @@ import numpy as np
 
 from tvm_shuffle import profile
 from tvm_shuffle.errors import UserError
+from tvm_shuffle.runtime import random_input
 from tvm_shuffle.tuning import database
 
 CHOICE = "in_model.json"
@@ -167,7 +168,7 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device,
     with tempfile.TemporaryDirectory(prefix="tvm_shuffle_check_") as scratch:
         pick_dir = build.write(pick, Path(scratch) / "pick")
         untuned_dir = build.write(untuned, Path(scratch) / "untuned")
-        x = np.random.default_rng(0).standard_normal(imported.input_shape).astype(imported.input_dtype)
+        x = random_input(imported.input_shape, imported.input_dtype)
         verdicts = check(pick_dir, untuned_dir, outcome.workloads, x, outcome.directory)
     if not verdicts:
         return pick, pick, untuned, verdicts
