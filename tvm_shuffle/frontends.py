@@ -242,18 +242,20 @@ def _is_zoo_name(name: str) -> bool:
 
 def _import_named(model: str | os.PathLike, *, input_shape, weights) -> Imported:
     """A zoo name, a ``.pt2`` program, or an ONNX file (``.onnx``, or any other existing file)."""
-    from tvm_shuffle.errors import unknown_name
-    from tvm_shuffle.models import MODELS
-
     path = Path(model)
+    if path.suffix == ".pt2":  # file names first: telling a zoo name imports torch
+        return from_pt2(path, input_shape=input_shape)
+    if path.suffix == ".onnx":
+        return from_onnx_file(path, input_shape=input_shape)
     if isinstance(model, str) and _is_zoo_name(model):
         return from_zoo(model, weights=weights, input_shape=input_shape)
-    if path.suffix == ".pt2":
-        return from_pt2(path, input_shape=input_shape)
-    if path.suffix == ".onnx" or path.is_file():
+    if path.is_file():
         return from_onnx_file(path, input_shape=input_shape)
     if path.suffix or os.sep in str(model):
         raise UserError(f"{model}: no such file, and not a zoo model name")
+    from tvm_shuffle.errors import unknown_name
+    from tvm_shuffle.models import MODELS
+
     raise unknown_name("model", str(model), MODELS)
 
 
