@@ -13,9 +13,11 @@ convolutions, the stem, pooling and the classifier are fp32 kernels.
 
 The compute (:func:`pointwise_conv2d`) flattens the pixels and pads them to
 whole vectors of ``LANES`` as the bf16 kernel does (:mod:`.bf16`), and
-stores the quantized input as ``[K / 4, pixels, 4]``: four input channels
-of a pixel side by side, one 32-bit lane of ``vpdpbusd``. Input channels are
-padded to a multiple of 4 with u8 zeros (a padded channel reads the last real
+stores the quantized input as ``[K / 4, pixels]`` uint32 words: the u8
+values of four input channels of a pixel in the bytes of one word, one
+32-bit lane of ``vpdpbusd``, built with shifts and ors a vector of pixels at
+a time (a byte-interleaved layout made the quantization scalar). Input
+channels are padded to a multiple of 4 with u8 zeros (a padded channel reads the last real
 weight, which then multiplies zero: the weight packing stays a plain copy).
 
 Stages of the kernel, in order (block names):
@@ -23,7 +25,7 @@ Stages of the kernel, in order (block names):
 * ``int8_gather`` (several source tensors, or a plane that needs no
   padding): the gathered channels, fp32, flat pixels;
 * ``int8_pad`` (only when the plane is no whole number of vectors);
-* ``int8_quads``: the u8 input, quads of channels interleaved;
+* ``int8_quads``: the u8 input, a quad of channels per uint32;
 * ``int8_weights``: the s8 weights with input channels padded to quads;
 * ``conv2d_int8``: the s32 sums over the padded pixels;
 * ``conv2d_int8_crop``: the real pixels as fp32, NCHW (the epilogue joins it).
@@ -128,6 +130,12 @@ def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
             and all(int(d) == 1 for d in dilation))
 
 
+def unpack(word, j):
+    """Byte ``j`` of a uint32 quad as an int32: the u8 input of channel ``4k + j``."""
+    return tir.Cast("int32", tir.bitwise_and(tir.shift_right(word, tir.Cast("uint32", j) * tir.const(8, "uint32")),
+                                             tir.const(255, "uint32")))
+
+
 def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") -> te.Tensor:
     """1x1 NCHW conv2d of the gathered fp32 input (see :mod:`.kernels`) with s8 weights ``tensors[-1]``.
 
@@ -143,16 +151,20 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     inverse = tir.const(1.0 / quant.scale, "float32")
     zero_point = tir.const(float(quant.zero_point), "float32")
 
-    def quantize(n, k, p, j):
-        c = k * i64(QUAD) + j
+    def quantize(n, c, p):
+        """The u8 value of input channel ``c`` (0 past the last channel) as a uint32."""
+        value = tir.max(tir.min(tir.round(read(n, tir.min(c, i64(channels - 1)), p) * inverse + zero_point),
+                                tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint32")
         if channels % QUAD:
-            value = tir.if_then_else(c < i64(channels), read(n, tir.min(c, i64(channels - 1)), p) * inverse + zero_point,
-                                     tir.const(0.0, "float32"))
-        else:
-            value = read(n, c, p) * inverse + zero_point
-        return tir.max(tir.min(tir.round(value), tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint8")
+            return tir.if_then_else(c < i64(channels), value, tir.const(0, "uint32"))
+        return value
 
-    quad_input = te.compute(shape64(batch, quads, padded, QUAD), quantize, name=QUADS)
+    def pack(n, k, p):
+        words = [quantize(n, k * i64(QUAD) + i64(j), p) << tir.const(8 * j, "uint32") for j in range(QUAD)]
+        return functools.reduce(lambda a, b: a | b, words)
+
+    # One uint32 per pixel and quad of channels (byte j: channel 4k + j), computed a vector of pixels at a time.
+    quad_input = te.compute(shape64(batch, quads, padded), pack, name=QUADS)
     last = i64(channels - 1)
     zero = i64(0)
     weights = te.compute(shape64(out_channels, quads * QUAD),
@@ -160,7 +172,7 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     k = te.reduce_axis((i64(0), i64(quads)), "rk")
     j = te.reduce_axis((i64(0), i64(QUAD)), "rj")
     conv = te.compute(shape64(batch, out_channels, padded),
-                      lambda n, o, p: te.sum(quad_input[n, k, p, j].astype("int32")
+                      lambda n, o, p: te.sum(unpack(quad_input[n, k, p], j)
                                              * weights[o, k * i64(QUAD) + j].astype("int32"), axis=[k, j]),
                       name=CONV)
     return te.compute(shape64(batch, out_channels, height, width),
@@ -181,30 +193,30 @@ def register_intrinsics() -> None:
 
     @T.prim_func(s_tir=True)
     def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I64(16), I64(4)), "uint8", offset_factor=4)
+        A = T.match_buffer(a, (I64(16),), "uint32", offset_factor=1)
         B = T.match_buffer(b, (I64(4),), "int8", offset_factor=4)
         C = T.match_buffer(c, (I64(16),), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(4)], B[I64(0):I64(4)])
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16)], B[I64(0):I64(4)])
             T.writes(C[I64(0):I64(16)])
             for i, k in T.grid(I64(16), I64(4)):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast("int32", A[vi, vk]) * T.Cast("int32", B[vk])
+                    C[vi] = C[vi] + unpack(A[vi], vk) * T.Cast("int32", B[vk])
 
     @T.prim_func(s_tir=True)
     def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I64(16), I64(4)), "uint8", offset_factor=4)
+        A = T.match_buffer(a, (I64(16),), "uint32", offset_factor=1)
         B = T.match_buffer(b, (I64(4),), "int8", offset_factor=4)
         C = T.match_buffer(c, (I64(16),), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(4)], B[I64(0):I64(4)])
+            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16)], B[I64(0):I64(4)])
             T.writes(C[I64(0):I64(16)])
-            # LLVM's intrinsic takes the u8 and s8 operands as <64 x i8>; the weight quad is one broadcast word.
-            A8 = T.decl_buffer((64,), "uint8", data=A.data, elem_offset=A.elem_offset)
+            # LLVM's intrinsic takes the u8 and s8 operands as <64 x i8>: 16 quads of pixels, one weight quad broadcast.
             B32 = T.decl_buffer((1,), "int32", data=B.data, elem_offset=B.elem_offset // 4)
             C[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
-                "int32x16", "llvm.x86.avx512.vpdpbusd.512", C[T.ramp(0, 1, 16)], A8[T.ramp(0, 1, 64)],
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", C[T.ramp(0, 1, 16)],
+                T.reinterpret(A[T.ramp(0, 1, 16)], dtype="int8x64"),
                 T.reinterpret(T.broadcast(B32[0], 16), dtype="int8x64"))
 
     TensorIntrin.register(DOT_INTRIN, dot_desc, dot_impl, override=True)
@@ -284,10 +296,6 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     else:
         tile = padded  # one tile: the epilogue then reads whole rows of real pixels
     oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
-    if not native:
-        # Plain integer path: the quads stored [K / 4, 4, pixels], one input channel's pixels per vector.
-        sch.transform_layout(found.quads, ("write", 0), lambda n, k, p, j: (n, k, j, p))
-        sch.transform_block_layout(found.quads, lambda n, k, p, j: (n, k, j, p))
     conv = found.conv
     writeback = sch.cache_write(conv, 0, "local")
     n, o, p, k, j = sch.get_loops(conv)
@@ -316,7 +324,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         for block in (found.pad, found.gather, found.quads):
             if block is not None:
                 sch.parallel(sch.get_loops(block)[1])
-    _vectorize_stages(sch, found, native=native)
+    _vectorize_stages(sch, found)
     if padded * out_channels >= MIN_PARALLEL_WORK:
         sch.parallel(outer)
     sch.annotate(outer, "pragma_auto_unroll_max_step", tiles.unroll_limit)
@@ -336,7 +344,7 @@ def _pack_weights(sch: Schedule, weights, oc: int, *, native: bool) -> None:
     sch.annotate(weights, LAYOUT_REWRITE_PREPROC, True)
 
 
-def _vectorize_stages(sch: Schedule, found: _Blocks, *, native: bool) -> None:
+def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
     if found.gather is not None:
         vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
     if found.pad is not None:
@@ -344,13 +352,9 @@ def _vectorize_stages(sch: Schedule, found: _Blocks, *, native: bool) -> None:
         if sch.can_decompose_padding(found.pad, loops[-1]):
             sch.decompose_padding(found.pad, loops[-1])
             vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
-    if native:
-        # 16 pixels x 4 channels per step: one 64-byte vector of quads.
-        *_, p, j = sch.get_loops(found.quads)
-        _, lane = sch.split(p, [None, LANES])
-        sch.vectorize(sch.fuse(lane, j))
-    else:
-        vectorize_divisor(sch, sch.get_loops(found.quads)[-1])
+    # A vector of pixels' quads at a time: four fp32 rows in, one 64-byte row of uint32 out.
+    _, lane = sch.split(sch.get_loops(found.quads)[-1], [None, LANES])
+    sch.vectorize(lane)
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",
