@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import tvm_shuffle as ts
-from tvm_shuffle import precisions, quantize, targets
-from tvm_shuffle.errors import UserError
+from tvm_shuffle import api, precisions, quantize, targets
+from tvm_shuffle.errors import MissingRecords, UserError
 
 INT8 = precisions.get("int8")
 
@@ -143,9 +143,38 @@ def test_the_cli_flags_map_onto_the_precision(capsys):
         cli.precision(parser.parse_args(["--calibration", "c.npy"]))
 
 
-def test_tuning_int8_is_refused(tiny_module, tiny_input):
-    with pytest.raises(UserError, match="tuning int8 is not supported yet"):
-        ts.tune(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), precision="int8", trials=0)
+INT8_TRIALS = 8
+
+
+@native_host
+def test_tuning_int8_tunes_the_int8_kernels_and_compile_builds_from_their_records(tiny_module, tiny_input, tmp_path):
+    from tvm_shuffle.frontends import import_model
+    from tvm_shuffle.schedules import default_candidates, int8
+    from tvm_shuffle.tuning import database
+
+    example = (torch.from_numpy(tiny_input),)
+    calibration = np.random.default_rng(1).standard_normal((4, *tiny_input.shape[1:])).astype(np.float32)
+    work = tmp_path / "work"
+    tuned = ts.tune(tiny_module, example_inputs=example, precision="int8", calibration=calibration,
+                    trials=INT8_TRIALS, work_dir=work, progress=False)
+    directory = api.records_dir(import_model(tiny_module, example_inputs=example), tuned.spec, work, "fused", "int8")
+    assert tuned.tuning.outcome.directory == directory and database.own_trials(directory) == INT8_TRIALS
+    int8_tasks = {name: mod for name, mod in tuned.tuning.outcome.workloads.items() if int8.CONV in name}
+    assert int8_tasks  # the tasks are those of the int8 build
+    # Each int8 task's first candidates: the default schedule and its distinct tile alternatives.
+    assert all(1 <= len(default_candidates(mod, tuned.spec.tvm_target())) <= 1 + len(int8.TILE_ALTERNATIVES)
+               for mod in int8_tasks.values())
+    assert tuned.manifest["precision"]["name"] == "int8" and tuned.manifest["tuned"]
+    assert tuned.manifest["precision"]["calibration"]["source"] == "array"
+    ref = torch_reference(tiny_module, tiny_input)
+    assert relative_error(tuned(tiny_input)[0], ref) < INT8.tolerance
+
+    rebuilt = ts.compile(tiny_module, example_inputs=example, precision="int8", calibration=calibration,
+                         work_dir=work, quiet=True)
+    assert rebuilt.manifest["tuning_database_digest"] == database.digest(directory)
+    np.testing.assert_array_equal(rebuilt(tiny_input)[0], tuned(tiny_input)[0])
+    with pytest.raises(MissingRecords, match="no tuning database"):  # fp32 records are elsewhere
+        ts.compile(tiny_module, example_inputs=example, work_dir=work, quiet=True)
 
 
 # ---------------------------------------------------------------------------

@@ -230,27 +230,38 @@ def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[in
     spec = resolve_target(target)
     _check_shuffle(shuffle)
     _check_precision(precision)
-    quantize.check_calibrator(calibrator)
-    calibrated = precisions.get(precision).calibrated
-    if calibration is not None and not calibrated:
-        raise UserError(f"a calibration set applies to precision='int8' (--quantize int8), not {precision!r}")
-    if calibrated and work_dir is not None:
-        raise UserError(f"tuned {precision} builds are not supported yet: compile {precision} without work_dir")
+    _check_calibration(precision, calibration, calibrator)
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights, quiet=quiet)
     start = time.perf_counter()
+    loaded = _load_calibration(imported, precision, calibration, calibrator)
     if work_dir is None:
-        loaded = (quantize.load_calibration(calibration, imported.input_shape, calibrator=calibrator)
-                  if calibrated else None)
         compiled = Compiled(build.compile_imported(imported, spec, shuffle=shuffle, verbose=verbose,
                                                    precision=precision, calibration=loaded), imported)
     else:
-        compiled = _compile_from_records(imported, spec, Path(work_dir), shuffle, precision)
+        compiled = _compile_from_records(imported, spec, Path(work_dir), shuffle, precision, loaded)
     _log(quiet, f"built {imported.name} for {spec.name} in {time.perf_counter() - start:.1f} s")
     return compiled
 
 
+def _check_calibration(precision: str, calibration, calibrator: str) -> None:
+    from tvm_shuffle import precisions, quantize
+
+    quantize.check_calibrator(calibrator)
+    if calibration is not None and not precisions.get(precision).calibrated:
+        raise UserError(f"a calibration set applies to precision='int8' (--quantize int8), not {precision!r}")
+
+
+def _load_calibration(imported: Imported, precision: str, calibration, calibrator: str):
+    """The :class:`tvm_shuffle.quantize.Calibration` a calibrated precision builds with; None for the others."""
+    from tvm_shuffle import precisions, quantize
+
+    if not precisions.get(precision).calibrated:
+        return None
+    return quantize.load_calibration(calibration, imported.input_shape, calibrator=calibrator)
+
+
 def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, shuffle: str,
-                          precision: str = "fp32") -> Compiled:
+                          precision: str = "fp32", calibration=None) -> Compiled:
     from tvm_shuffle.tuning import database, in_model
 
     directory = records_dir(imported, spec, work_dir, shuffle, precision)
@@ -258,7 +269,8 @@ def _compile_from_records(imported: Imported, spec: TargetSpec, work_dir: Path, 
     if not records.is_file() or not records.read_bytes().strip():
         raise MissingRecords(f"no tuning database in {directory} (records of {imported.name} on {spec.name}"
                              + ("" if precision == "fp32" else f" in {precision}") + ")")
-    built = in_model.build_from_records(imported, spec, directory, shuffle=shuffle, precision=precision)
+    built = in_model.build_from_records(imported, spec, directory, shuffle=shuffle, precision=precision,
+                                        calibration=calibration)
     return Compiled(built, imported, records={"database": str(directory), "trials": database.own_trials(directory)})
 
 
@@ -280,7 +292,7 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
          work_dir: str | os.PathLike = WORK_DIR, rpc_tracker: str | None = None, rpc_key: str | None = None,
          rpc_timeout: float | None = None, progress: bool = True, input_shape: Sequence[int] | None = None,
          example_inputs=None, shuffle: str = "fused", weights: str | None = None, wait: bool = True,
-         precision: str = "fp32") -> Compiled:
+         precision: str = "fp32", calibration=None, calibrator: str = "minmax") -> Compiled:
     """Tune ``model`` for ``target`` with MetaSchedule, then build it with the tuned kernels.
 
     ``trials`` counts every candidate measured for this model and target,
@@ -291,9 +303,11 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     log lines instead of a progress bar. ``wait=False`` fails at once when
     another tune holds the same records. Ctrl-C raises
     :class:`~tvm_shuffle.errors.Interrupted` with every record kept.
-    ``precision="bf16"`` tunes the kernels of the bf16 build (its records
-    apart from fp32's, :func:`records_dir`); ``compile(work_dir=...,
-    precision="bf16")`` builds from them.
+    ``precision="bf16"`` or ``"int8"`` tunes the kernels of that build (its
+    records apart from fp32's, :func:`records_dir`); ``compile(work_dir=...,
+    precision=...)`` builds from them. int8 calibrates on ``calibration``
+    with ``calibrator`` as :func:`compile` does; its records apply to builds
+    calibrated on the same set.
     """
     from tvm_shuffle.tuning import database, in_model, rpc, runner, session
 
@@ -302,9 +316,7 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
     spec = resolve_target(target)
     _check_shuffle(shuffle)
     _check_precision(precision)
-    if precision == "int8":
-        raise UserError("tuning int8 is not supported yet; build int8 with the default schedules: "
-                        "tvm_shuffle.compile(..., precision='int8') or python -m tvm_shuffle.compile --quantize int8")
+    _check_calibration(precision, calibration, calibrator)
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
     if not rpc_tracker and not runner.runs_here(spec):
@@ -315,14 +327,16 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
               else runner.local(spec))
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights,
                        quiet=False)
+    loaded = _load_calibration(imported, precision, calibration, calibrator)
     outcome = session.tune(imported, spec, device=device, work_dir=work_dir, trials=trials, shuffle=shuffle,
-                           quiet=not progress, wait=wait, precision=precision)
+                           quiet=not progress, wait=wait, precision=precision, calibration=loaded)
     if outcome.interrupted:
         raise Interrupted(f"interrupted: every measured record is kept in {outcome.directory}; "
                           "run the same command again to resume")
     _log(False, "building the tuned library, then checking its kernels in the model")
     tuned, pick, untuned, kept_default = in_model.build_checked(imported, spec, outcome, shuffle=shuffle,
-                                                                device=device, precision=precision)
+                                                                device=device, precision=precision,
+                                                                calibration=loaded)
     tuning = Tuning(outcome, device, kept_default, Compiled(pick, imported), Compiled(untuned, imported))
     return Compiled(tuned, imported, tuning=tuning)
 

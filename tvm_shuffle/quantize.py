@@ -59,6 +59,9 @@ class Calibration:
     table: dict = dataclasses.field(default_factory=dict)  # schedules.int8.InputQuantTable
     int8_convs: int = 0
     fp32_ops: list = dataclasses.field(default_factory=list)
+    # Structural hash of a module -> its convolutions' input quantization: a tune optimizes the same
+    # module for its tasks, the untuned, the picked and the tuned build, and calibrates it once.
+    ranges: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         """What the manifest records."""
@@ -247,7 +250,12 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
     kernels; run those with :func:`tvm_shuffle.schedules.int8.using_table` on ``calibration.table``.
     """
 
-    quants = calibrate(mod, calibration)
+    import tvm_ffi
+
+    key = tvm_ffi.structural_hash(mod)
+    if key not in calibration.ranges:
+        calibration.ranges[key] = calibrate(mod, calibration)
+    quants = calibration.ranges[key]
     weights = [quantize_weights(call.args[1].value.numpy()) for call in _int8_convs(mod["main"])]
     keys = [int8.fingerprint(weight_q) for weight_q, _ in weights]
     table: dict = calibration.table

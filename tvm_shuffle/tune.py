@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compiled = api.tune(cli.model_source(args), cli.target(args), trials=args.trials, work_dir=args.work_dir,
                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_timeout=args.rpc_timeout,
                         progress=not args.quiet, input_shape=cli.input_shape(args), shuffle=args.shuffle,
-                        weights=args.weights, wait=not args.no_wait, precision=cli.precision(args))
+                        weights=args.weights, wait=not args.no_wait, precision=cli.precision(args),
+                        **cli.quantization(args))
     out = compiled.save(args.out or f"out/{compiled.name}-{compiled.spec.name}")
     device = compiled.tuning.device
     before, after = (api.end_to_end_ms(c, device=device) for c in (compiled.tuning.untuned, compiled))

@@ -70,12 +70,13 @@ def default_candidates(task_mod, target) -> list:
     where the evolutionary search picks its initial population from, so
     tuning starts from the default schedules and the build keeps them
     wherever tuning finds nothing faster. The alternatives
-    (``cpu.tile_alternatives``) are tiles that win on other cores of the
-    same ISA. Empty when no rule of ours applies.
+    (``cpu.tile_alternatives``, ``int8.tile_alternatives``) are tiles that
+    win on other cores of the same ISA or on other planes. Empty when no
+    rule of ours applies.
     """
     import tvm_ffi
 
-    from tvm_shuffle.schedules import cpu
+    from tvm_shuffle.schedules import cpu, int8
     from tvm_shuffle.tvm_compat import ms
 
     func = task_mod["main"]
@@ -83,7 +84,7 @@ def default_candidates(task_mod, target) -> list:
     if sch is None:
         return []
     candidates, seen = [], set()
-    for sch in [sch, *cpu.tile_alternatives(func, target)]:
+    for sch in [sch, *cpu.tile_alternatives(func, target), *int8.tile_alternatives(func, target)]:
         key = tvm_ffi.structural_hash(sch.mod)
         if key not in seen:
             seen.add(key)

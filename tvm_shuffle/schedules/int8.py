@@ -26,7 +26,8 @@ Stages of the kernel, in order (block names):
   padding): the gathered channels, fp32, flat pixels;
 * ``int8_pad`` (only when the plane is no whole number of vectors);
 * ``int8_quads``: the u8 input, a quad of channels per uint32;
-* ``int8_weights``: the s8 weights with input channels padded to quads;
+* ``int8_weights`` (only when the input channels are no whole number of
+  quads): the s8 weights padded to quads;
 * ``conv2d_int8``: the s32 sums over the padded pixels;
 * ``conv2d_int8_crop``: the real pixels as fp32, NCHW (the epilogue joins it).
 
@@ -165,15 +166,19 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
 
     # One uint32 per pixel and quad of channels (byte j: channel 4k + j), computed a vector of pixels at a time.
     quad_input = te.compute(shape64(batch, quads, padded), pack, name=QUADS)
-    last = i64(channels - 1)
     zero = i64(0)
-    weights = te.compute(shape64(out_channels, quads * QUAD),
-                         lambda o, c: weight[o, tir.min(c, last) if channels % QUAD else c, zero, zero], name=WEIGHTS)
+    if channels % QUAD:
+        last = i64(channels - 1)
+        padded_weights = te.compute(shape64(out_channels, quads * QUAD),
+                                    lambda o, c: weight[o, tir.min(c, last), zero, zero], name=WEIGHTS)
+        read_weight = lambda o, c: padded_weights[o, c]  # noqa: E731
+    else:
+        read_weight = lambda o, c: weight[o, c, zero, zero]  # noqa: E731
     k = te.reduce_axis((i64(0), i64(quads)), "rk")
     j = te.reduce_axis((i64(0), i64(QUAD)), "rj")
     conv = te.compute(shape64(batch, out_channels, padded),
                       lambda n, o, p: te.sum(unpack(quad_input[n, k, p], j)
-                                             * weights[o, k * i64(QUAD) + j].astype("int32"), axis=[k, j]),
+                                             * read_weight(o, k * i64(QUAD) + j).astype("int32"), axis=[k, j]),
                       name=CONV)
     return te.compute(shape64(batch, out_channels, height, width),
                       lambda n, o, h, w: conv[n, o, h * i64(width) + w].astype(out_dtype), name=CROP)
@@ -231,6 +236,11 @@ def has_vnni(target) -> bool:
     return target_has_feature(target, VNNI_FEATURE)
 
 
+# Tiles tuning measures beside the default: fewer sums per register tile, and longer pixel tiles
+# (a 28x28 plane is 49 vectors: 7 of them per tile instead of 1).
+TILE_ALTERNATIVES = (Tiles(accumulators=16, tile_vectors=TILES.tile_vectors), Tiles(tile_vectors=8))
+
+
 class PointwiseInt8(dlight.ScheduleRule):
     """The kernels of :func:`pointwise_conv2d` (a block named ``conv2d_int8``), with their fused epilogue."""
 
@@ -252,6 +262,16 @@ class PointwiseInt8(dlight.ScheduleRule):
         return sch
 
 
+def tile_alternatives(func, target) -> list:
+    """``func`` scheduled with each of :data:`TILE_ALTERNATIVES`; empty when it is no int8 kernel.
+
+    An alternative may equal the default (the same tile once clipped to the
+    plane and the channels): the caller keeps the distinct ones.
+    """
+    return [sch for sch in (PointwiseInt8(tiles).apply(func, target, False) for tiles in TILE_ALTERNATIVES)
+            if sch is not None]
+
+
 @dataclasses.dataclass
 class _Blocks:
     gather: object
@@ -267,17 +287,18 @@ def _find(sch: Schedule) -> _Blocks | None:
     """The stages of a :func:`pointwise_conv2d` kernel by name, or None when ``sch`` is another kernel."""
     blocks = list(child_blocks(sch))
     names = [sch.get(b).name_hint for b in blocks]
-    if any(name not in names for name in (CONV, QUADS, WEIGHTS, CROP)):
+    if any(name not in names for name in (CONV, QUADS, CROP)):
         return None
     position = {name: i for i, name in enumerate(names)}
-    if not position[QUADS] < position[CONV] < position[CROP] or position[WEIGHTS] > position[CONV]:
+    if not position[QUADS] < position[CONV] < position[CROP] or position.get(WEIGHTS, 0) > position[CONV]:
         return None
     if any(name not in {GATHER, PAD, QUADS, WEIGHTS} for name in names[:position[CONV]]):
         return None
     crop_at = position[CROP]
     return _Blocks(gather=blocks[position[GATHER]] if GATHER in position else None,
                    pad=blocks[position[PAD]] if PAD in position else None,
-                   quads=blocks[position[QUADS]], weights=blocks[position[WEIGHTS]], conv=blocks[position[CONV]],
+                   quads=blocks[position[QUADS]],
+                   weights=blocks[position[WEIGHTS]] if WEIGHTS in position else None, conv=blocks[position[CONV]],
                    crop=blocks[crop_at], epilogue=blocks[crop_at + 1:])
 
 
@@ -311,7 +332,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     vectorize_divisor(sch, sch.get_loops(writeback)[-1])
     sch.unroll(o_in)
     sch.unroll(vector)
-    _pack_weights(sch, found.weights, oc, native=native)
+    _pack_weights(sch, found, oc, native=native)
     if not native:
         sch.vectorize(lane)
     if padded // tile > 1:
@@ -334,14 +355,26 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
         sch.tensorize(lane, DOT_INTRIN)
 
 
-def _pack_weights(sch: Schedule, weights, oc: int, *, native: bool) -> None:
-    """The s8 weights stored the way the tiles read them, ``[O / oc, K / 4, oc, 4]``: a build-time copy."""
+def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> None:
+    """The s8 weights stored the way the tiles read them, ``[O / oc, K / 4, oc, 4]``.
+
+    Whole quads of input channels: a copy of the weight parameter marked as
+    layout-rewrite preprocessing, which the build runs once on the constant
+    and MetaSchedule's measurements strip (it must be a plain copy). Channels
+    padded to quads: the padding stage itself, packed on every call (its
+    reads are no plain copy; ShuffleNet's such kernels have 58 x 60 weights).
+    """
     if native:
         layout = lambda o, c: (o // oc, c // QUAD, o % oc, c % QUAD)  # noqa: E731
     else:
         layout = lambda o, c: (o // oc, c, o % oc)  # noqa: E731 - one weight per step
-    sch.transform_layout(weights, ("write", 0), layout, assume_injective_transform=True)
-    sch.annotate(weights, LAYOUT_REWRITE_PREPROC, True)
+    if found.weights is not None:
+        sch.transform_layout(found.weights, ("write", 0), layout, assume_injective_transform=True)
+        return
+    weight = next(index for index, read in enumerate(sch.get(found.conv).reads) if str(read.source.dtype) == "int8")
+    packed = sch.cache_read(found.conv, weight, "global")
+    sch.transform_layout(packed, ("write", 0), lambda o, c, h, w: layout(o, c), assume_injective_transform=True)
+    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
 
 def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
@@ -358,4 +391,5 @@ def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",
-           "pointwise_conv2d", "register_intrinsics", "has_vnni", "PointwiseInt8", "CONV", "QUAD"]
+           "pointwise_conv2d", "register_intrinsics", "has_vnni", "PointwiseInt8", "TILE_ALTERNATIVES",
+           "tile_alternatives", "CONV", "QUAD"]

@@ -138,16 +138,18 @@ def runs_here(spec, device) -> bool:
     return not device.remote and spec.family != "cuda"
 
 
-def build_from_records(imported, spec, directory: Path, *, shuffle: str, precision: str = "fp32"):
+def build_from_records(imported, spec, directory: Path, *, shuffle: str, precision: str = "fp32",
+                       calibration=None):
     """The model built with the records in ``directory``, as the model check left them (:func:`build_database`)."""
     from tvm_shuffle import build
 
     return build.compile_imported(imported, spec, shuffle=shuffle, database=build_database(directory),
-                                  database_digest=database.digest(directory), precision=precision)
+                                  database_digest=database.digest(directory), precision=precision,
+                                  calibration=calibration)
 
 
 def build_checked(imported, spec, outcome, *, shuffle: str, device,
-                  precision: str = "fp32") -> tuple[object, object, object, list | None]:
+                  precision: str = "fp32", calibration=None) -> tuple[object, object, object, list | None]:
     """The tuned, MetaSchedule's pick and the untuned build (:class:`tvm_shuffle.build.Built`), after the model check.
 
     Returns (tuned, pick, untuned, the kernels that kept their default
@@ -160,9 +162,9 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device,
     """
     from tvm_shuffle import build
 
-    untuned = build.compile_imported(imported, spec, shuffle=shuffle, precision=precision)
-    pick = build.compile_imported(imported, spec, shuffle=shuffle, database=outcome.database,
-                                  database_digest=outcome.digest, precision=precision)
+    same = {"shuffle": shuffle, "precision": precision, "calibration": calibration}
+    untuned = build.compile_imported(imported, spec, **same)
+    pick = build.compile_imported(imported, spec, database=outcome.database, database_digest=outcome.digest, **same)
     if not runs_here(spec, device):
         return pick, pick, untuned, None
     with tempfile.TemporaryDirectory(prefix="tvm_shuffle_check_") as scratch:
@@ -172,9 +174,8 @@ def build_checked(imported, spec, outcome, *, shuffle: str, device,
         verdicts = check(pick_dir, untuned_dir, outcome.workloads, x, outcome.directory)
     if not verdicts:
         return pick, pick, untuned, verdicts
-    tuned = build.compile_imported(imported, spec, shuffle=shuffle,
-                                   database=build_database(outcome.directory, outcome.database),
-                                   database_digest=outcome.digest, precision=precision)
+    tuned = build.compile_imported(imported, spec, database=build_database(outcome.directory, outcome.database),
+                                   database_digest=outcome.digest, **same)
     return tuned, pick, untuned, verdicts
 
 

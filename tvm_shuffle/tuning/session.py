@@ -8,12 +8,14 @@ The budget counts every candidate measured for this model and target so
 far, so re-running the same command after an interruption measures only
 what is left (and never a candidate twice, :mod:`tvm_shuffle.tuning.search`).
 
-A reduced precision (``precision="bf16"``) tunes the kernels of the model
-optimized in that precision (``passes.optimize(..., precision=...)``): its
-tasks are the bf16 kernels, the first candidates of each are our default
-schedules (the bf16 rule among the CPU rules), and its records live in a
-directory of their own (:func:`records_variant`), so fp32 and bf16 records
-never mix.
+A reduced precision (``precision="bf16"`` or ``"int8"``) tunes the kernels
+of the model optimized in that precision (``passes.optimize(...,
+precision=..., calibration=...)``): its tasks are the bf16 or int8 kernels,
+the first candidates of each are our default schedules (the precision's
+rule among the CPU rules) and their tile alternatives, and its records live
+in a directory of their own (:func:`records_variant`), so records of
+different precisions never mix. An int8 kernel's quantization constants are
+part of its workload: records apply to builds calibrated the same way.
 
 One tune at a time writes a records directory (:mod:`tvm_shuffle.tuning.lock`):
 a second one on the same model and target waits for the first, then resumes
@@ -79,7 +81,7 @@ def records_variant(shuffle: str, precision: str = "fp32") -> str:
 
 def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str | Path = DEFAULT_WORK_DIR,
          trials: int | None = None, shuffle: str = "fused", quiet: bool = False, seed: int | None = None,
-         wait: bool = True, log=None, precision: str = "fp32") -> Outcome:
+         wait: bool = True, log=None, precision: str = "fp32", calibration=None) -> Outcome:
     """Tune ``imported`` for ``spec`` on ``device`` until ``trials`` candidates (all runs together) are measured.
 
     Ctrl-C stops tuning after the running batch and returns with
@@ -96,13 +98,14 @@ def tune(imported: Imported, spec: TargetSpec, *, device: Device, work_dir: str 
                                                            records_variant(shuffle, precision)))
     with RecordsLock.acquire(directory, wait=wait, log=log) as held:
         outcome = _tune_holding(held, imported, spec, device=device, trials=trials, shuffle=shuffle, quiet=quiet,
-                                seed=seed, log=log, precision=precision)
+                                seed=seed, log=log, precision=precision, calibration=calibration)
         outcome.database.close()  # still answers queries; a later commit takes the lock for itself
     return outcome
 
 
 def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, device: Device, trials: int | None,
-                  shuffle: str, quiet: bool, seed: int | None, log, precision: str = "fp32") -> Outcome:
+                  shuffle: str, quiet: bool, seed: int | None, log, precision: str = "fp32",
+                  calibration=None) -> Outcome:
     """:func:`tune`, holding the lock on the records directory."""
     if spec.family == "cuda":
         from tvm_shuffle import cuda_codegen
@@ -112,8 +115,8 @@ def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, de
     db = database.open_database(directory, lock=held, log=log)
     cores = host.physical_cores()
     target = tasks.tuning_target(spec, host_cores=cores)
-    task_list = tasks.extract(build.lower(passes.optimize(imported.mod, shuffle=shuffle, precision=precision), spec),
-                              target)
+    optimized = passes.optimize(imported.mod, shuffle=shuffle, precision=precision, calibration=calibration)
+    task_list = tasks.extract(build.lower(optimized, spec), target)
     shared = database.import_shared_records(db, [t.mod for t in task_list], directory)
     if shared.records:
         log(f"reused {shared.records} records of {shared.tasks} identical task(s) from {', '.join(shared.sources)}")
