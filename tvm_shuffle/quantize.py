@@ -271,20 +271,30 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
         (weight_q, weight_scale), key, quant = next(plan)
         if key in refused:
             return call
-        attrs = call.attrs
-        conv = relax.op.nn.conv2d(call.args[0], relax.const(weight_q), strides=attrs.strides, padding=attrs.padding,
-                                  dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
-                                  kernel_layout="OIHW", out_layout="NCHW", out_dtype="float32")
-        multiplier = quant.scale * weight_scale
-        offset = -multiplier * quant.zero_point * weight_q.reshape(weight_q.shape[0], -1).astype(np.int64).sum(axis=1)
-        channels = (1, weight_q.shape[0], 1, 1)
-        return relax.op.add(relax.op.multiply(conv, relax.const(multiplier.astype(np.float32).reshape(channels))),
-                            relax.const(offset.astype(np.float32).reshape(channels)))
+        return s8_conv(call.args[0], weight_q, call.attrs, quant.scale * weight_scale, quant.zero_point)
 
     out = rewrite_calls(mod, rewrite)
     calibration.int8_convs = sum(key not in refused for key in keys)
     calibration.fp32_ops = fp32_operators(out)
     return out
+
+
+def s8_conv(data, weight_q: np.ndarray, attrs, multiplier: np.ndarray, zero_point: int):
+    """The int8 form of a 1x1 conv2d: ``conv2d(data, s8 W_q) * multiplier[o] - multiplier[o] * zero_point * sum_k W_q[o, k]``.
+
+    ``data`` stays fp32 (the kernel quantizes it to u8 with the table's
+    :class:`~tvm_shuffle.schedules.int8.InputQuant`, whose zero point is
+    ``zero_point``), the conv returns the s32 sums as fp32, and the
+    per-channel ``multiplier`` (input scale x weight scale) makes them real
+    numbers again, less the zero point's share.
+    """
+    conv = relax.op.nn.conv2d(data, relax.const(weight_q), strides=attrs.strides, padding=attrs.padding,
+                              dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
+                              kernel_layout="OIHW", out_layout="NCHW", out_dtype="float32")
+    offset = -multiplier * zero_point * weight_q.reshape(weight_q.shape[0], -1).astype(np.int64).sum(axis=1)
+    channels = (1, weight_q.shape[0], 1, 1)
+    return relax.op.add(relax.op.multiply(conv, relax.const(multiplier.astype(np.float32).reshape(channels))),
+                        relax.const(offset.astype(np.float32).reshape(channels)))
 
 
 def fp32_operators(mod: "tvm.IRModule") -> list[str]:
