@@ -224,8 +224,11 @@ def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[in
     (:mod:`tvm_shuffle.quantize`), calibrated on ``calibration`` (an N x C x
     H x W array, a ``.npy`` file or a directory of images; None: a synthetic
     set, with a warning) with ``calibrator`` ("minmax" or "percentile").
+    A quantized model (QDQ, or QLinearConv / QLinearMatMul / ConvInteger:
+    :mod:`tvm_shuffle.qdq`) builds int8 from its own scales and zero points
+    with the default precision or ``"int8"``, and takes no ``calibration``.
     """
-    from tvm_shuffle import build, precisions, quantize
+    from tvm_shuffle import build, qdq
 
     spec = resolve_target(target)
     _check_shuffle(shuffle)
@@ -234,6 +237,9 @@ def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[in
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights, quiet=quiet)
     start = time.perf_counter()
     loaded = _load_calibration(imported, precision, calibration, calibrator)
+    if work_dir is not None and isinstance(loaded, qdq.ModelQuantization):
+        raise UserError(f"{imported.name} is quantized (QDQ): tuned builds of it are not supported yet; "
+                        "compile it without work_dir")
     if work_dir is None:
         compiled = Compiled(build.compile_imported(imported, spec, shuffle=shuffle, verbose=verbose,
                                                    precision=precision, calibration=loaded), imported)
@@ -252,9 +258,15 @@ def _check_calibration(precision: str, calibration, calibrator: str) -> None:
 
 
 def _load_calibration(imported: Imported, precision: str, calibration, calibrator: str):
-    """The :class:`tvm_shuffle.quantize.Calibration` a calibrated precision builds with; None for the others."""
-    from tvm_shuffle import precisions, quantize
+    """The :class:`tvm_shuffle.quantize.Calibration` a calibrated precision builds with; None for the others.
 
+    A quantized (QDQ) model carries its own quantization instead, whatever
+    the precision asked (:func:`tvm_shuffle.build.model_quantization`).
+    """
+    from tvm_shuffle import build, precisions, qdq, quantize
+
+    if qdq.carries_quantization(imported.mod):
+        return build.model_quantization(imported, precision, calibration)[1]
     if not precisions.get(precision).calibrated:
         return None
     return quantize.load_calibration(calibration, imported.input_shape, calibrator=calibrator)
@@ -327,6 +339,7 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
               else runner.local(spec))
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights,
                        quiet=False)
+    _refuse_quantized_model(imported)
     loaded = _load_calibration(imported, precision, calibration, calibrator)
     outcome = session.tune(imported, spec, device=device, work_dir=work_dir, trials=trials, shuffle=shuffle,
                            quiet=not progress, wait=wait, precision=precision, calibration=loaded)
@@ -339,6 +352,14 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
                                                                 calibration=loaded)
     tuning = Tuning(outcome, device, kept_default, Compiled(pick, imported), Compiled(untuned, imported))
     return Compiled(tuned, imported, tuning=tuning)
+
+
+def _refuse_quantized_model(imported: Imported) -> None:
+    from tvm_shuffle import qdq
+
+    if qdq.carries_quantization(imported.mod):
+        raise UserError(f"{imported.name} is quantized (QDQ): tuning it is not supported yet; build it with "
+                        "tvm_shuffle.compile (int8 from its own scales and zero points)")
 
 
 def end_to_end_ms(compiled: Compiled, *, x: np.ndarray | None = None, device=None) -> float | None:

@@ -276,11 +276,14 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
     (``storage-only``, ``integer``) where the target has no instructions for
     it (said on stderr). ``precision="int8"`` calibrates on ``calibration``
     (a :class:`tvm_shuffle.quantize.Calibration`; None: the synthetic set,
-    with a warning), which the manifest records.
+    with a warning), which the manifest records. A quantized (QDQ) model
+    builds int8 with its own scales and zero points (:func:`model_quantization`).
     """
-    from tvm_shuffle import precisions, quantize
+    from tvm_shuffle import precisions, qdq, quantize
 
     start = time.perf_counter()
+    if qdq.carries_quantization(imported.mod):
+        precision, calibration = model_quantization(imported, precision, calibration)
     chosen = precisions.get(precision)
     mode = chosen.mode(spec)
     if mode != "native":
@@ -299,11 +302,33 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
         if chosen.calibrated:
             print(calibration.summary(), file=sys.stderr)
     executable = build(mod, spec, database=database)
-    precision_info = {"name": precision, "mode": mode,
-                      **({"calibration": calibration.describe()} if chosen.calibrated else {})}
+    key = "quantization" if isinstance(calibration, qdq.ModelQuantization) else "calibration"
+    precision_info = {"name": precision, "mode": mode, **({key: calibration.describe()} if chosen.calibrated else {})}
     info = manifest(imported, spec, mod, shuffle=shuffle, build_seconds=time.perf_counter() - start,
                     database_digest=database_digest, precision=precision_info)
     return Built(executable, mod, spec, info)
+
+
+def model_quantization(imported: Imported, precision: str, calibration) -> tuple[str, Any]:
+    """``("int8", ModelQuantization)`` for a quantized (QDQ) model: the file says how it computes.
+
+    The default precision (fp32) and int8 both build it in int8 from the
+    model's own scales and zero points, and say so; another precision, or
+    a calibration set on top of the model's own ranges, is a ``UserError``.
+    """
+    from tvm_shuffle import qdq
+
+    if isinstance(calibration, qdq.ModelQuantization):
+        return "int8", calibration
+    if calibration is not None:
+        raise UserError(f"{imported.name} is already quantized (QDQ): it carries its own scales and zero points, "
+                        "so it takes no calibration set (drop --calibration)")
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"{imported.name} is quantized (QDQ): it builds in int8 from its own scales and zero points, "
+                        f"not in {precision}")
+    print(f"note: {imported.name} is quantized (QDQ): building int8 with its own scales and zero points"
+          + (" instead of the default fp32" if precision == "fp32" else " (no calibration)"), file=sys.stderr)
+    return "int8", qdq.ModelQuantization(requested=precision)
 
 
 def write(built: Built, out_dir: str | os.PathLike) -> Path:
@@ -314,4 +339,4 @@ def write(built: Built, out_dir: str | os.PathLike) -> Path:
 
 
 __all__ = ["Built", "tir_passes", "lower", "schedule_passes", "weight_packing_passes", "build", "export", "manifest",
-           "compile_imported", "write", "output_signature"]
+           "compile_imported", "model_quantization", "write", "output_signature"]

@@ -162,8 +162,13 @@ def fold_shape_computations(model, input_shapes: dict[str, Sequence[int]]):
     static = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in [*model.graph.input, *model.graph.value_info] if v.type.HasField("tensor_type")}
     known = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    # In a quantized model the int8 weights are the model: the int8 build reads them (tvm_shuffle.qdq).
+    quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     kept = []
     for node in model.graph.node:
+        if quantized and node.op_type == "DequantizeLinear":
+            kept.append(node)
+            continue
         value = _constant_value(node, known, static, np, numpy_helper, reference, onnx)
         if value is None:
             kept.append(node)

@@ -86,10 +86,22 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
     (:mod:`tvm_shuffle.schedules.bf16`). ``precision="int8"`` calibrates on
     ``calibration`` (a :class:`tvm_shuffle.quantize.Calibration`, which it
     fills in) and quantizes the 1x1 convolutions before the fusion, and
-    makes each an int8 kernel (:mod:`tvm_shuffle.schedules.int8`).
+    makes each an int8 kernel (:mod:`tvm_shuffle.schedules.int8`). A
+    quantized model's ``calibration`` is a :class:`tvm_shuffle.qdq.ModelQuantization`:
+    its int8 convolutions come from its own Q/DQ pairs
+    (:func:`tvm_shuffle.qdq.rewrite_qdq`, first, while its weights are still
+    s8), and nothing is calibrated.
     """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, not {shuffle!r}")
+    from tvm_shuffle import qdq
+
+    from_model = isinstance(calibration, qdq.ModelQuantization)
+    if from_model:
+        mod = qdq.rewrite_qdq(mod, calibration)
+    elif qdq.carries_quantization(mod):
+        raise ValueError("a quantized (QDQ) model builds int8 with its own quantization: "
+                         "precision='int8', calibration=tvm_shuffle.qdq.ModelQuantization()")
     seq = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.CanonicalizeBindings()])
     mod = seq(mod)
     mod = fold_batchnorm(mod)
@@ -107,7 +119,8 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
 
         if calibration is None:
             raise ValueError("precision='int8' needs a calibration (tvm_shuffle.quantize.load_calibration)")
-        mod = quantize.quantize_convs(mod, calibration)
+        if not from_model:
+            mod = quantize.quantize_convs(mod, calibration)
         with int8.using_table(calibration.table):  # the fused kernels and lower_int8_convs read it
             if shuffle == "fused":
                 mod = fuse_shuffles(mod, report)
