@@ -130,6 +130,7 @@ def from_onnx_model(model, *, name: str = "model", input_shape: Sequence[int] | 
     if shape is None or any(d is None for d in shape):
         raise UserError(f"{path}: input {input_name!r} has a dynamic shape {file_shape}; pass --input-shape N,C,H,W")
     _check_supported_ops(model, path)
+    model = _lower_quantized_ops(model, path)
     model = fold_shape_computations(model, {input_name: shape})
     try:
         mod = tvm_compat.from_onnx(model, shape_dict={input_name: list(shape)}, keep_params_in_input=False)
@@ -317,10 +318,30 @@ def _check_supported_ops(model, path: Path) -> None:
     """Name every operator TVM's ONNX importer lacks, before it fails on the first."""
     from tvm_shuffle import tvm_compat
 
+    from tvm_shuffle import onnx_quant
+
     known = tvm_compat.onnx_supported_ops()
-    missing = sorted({node.op_type for node in model.graph.node if node.op_type not in known})
+    quantized = onnx_quant.unsupported(model, known)
+    if quantized:
+        raise UserError(f"{path}: quantized ONNX operator(s) tvm_shuffle cannot import: {', '.join(quantized)}; it "
+                        f"reads QDQ models (QuantizeLinear/DequantizeLinear) and {', '.join(onnx_quant.LOWERED)}, "
+                        f"{', '.join(onnx_quant.IMPORTED)}")
+    missing = sorted({node.op_type for node in model.graph.node
+                      if node.op_type not in known and node.op_type not in onnx_quant.LOWERED})
     if missing:
         raise UserError(f"{path}: ONNX operator(s) not supported by TVM's importer: {', '.join(missing)}")
+
+
+def _lower_quantized_ops(model, path: str):
+    """QLinearConv, QLinearMatMul and ConvInteger as the QDQ form TVM's importer reads (:mod:`tvm_shuffle.onnx_quant`)."""
+    from tvm_shuffle import onnx_quant
+
+    try:
+        return onnx_quant.lower(model)
+    except onnx_quant.Unsupported as err:
+        raise UserError(f"{path}: {err}") from None
+    except Exception as err:  # onnx's version converter, a malformed node
+        raise UserError(f"{path}: could not rewrite its quantized operators: {_first_line(err)}") from None
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
