@@ -213,6 +213,9 @@ def test_the_tiny_model_in_int8_matches_pytorch(tiny_module, tiny_input):
                           calibration=calibration, calibrator="percentile")
     assert compiled.manifest["precision"]["calibration"]["calibrator"] == "percentile"
     assert relative_error(compiled(tiny_input)[0], torch_reference(tiny_module, tiny_input)) < INT8.tolerance
+    fp32 = ts.compile(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), quiet=True)
+    # The 1x1 convolutions' weights shrink 4x (s8, plus a scale and an offset per output channel); the rest stays.
+    assert compiled.weight_bytes < fp32.weight_bytes
 
 
 @pytest.mark.slow

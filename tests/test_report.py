@@ -98,6 +98,10 @@ def test_every_engine_has_a_row_with_status_and_version(fast_report):
         assert re.search(r"\d", row["version"]), row["version"]
     assert rows["tvm_shuffle-tuned"]["details"]["trials"] == 2 * fast_report["kernels"]
     assert rows["tvm_shuffle-untuned"]["details"]["tvm_threads"] == fast_report["data"]["setup"]["threads"]
+    # Weights as stored: the fp32 library's constants are the ONNX file's weights with BatchNorm folded in.
+    sizes = {name: rows[name]["weight_bytes"] for name in ("tvm_shuffle-untuned", "pytorch", "onnxruntime", "ncnn")}
+    assert all(size > 0 for size in sizes.values()), sizes
+    assert 0.8 * sizes["onnxruntime"] <= sizes["tvm_shuffle-untuned"] <= sizes["pytorch"], sizes
 
 
 def test_a_missing_engine_is_listed_as_not_installed(fast_report):

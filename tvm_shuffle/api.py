@@ -104,6 +104,13 @@ class Compiled:
 
         return self.spec.family != "cuda" and self.spec.runtime_arch == host.arch()
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights (and biases and quantization scales) the library holds, in their stored dtypes."""
+        from tvm_shuffle.relax_rewrite import constant_bytes
+
+        return constant_bytes(self._built.mod)
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the bundle: ``model.so``, ``manifest.json``, the target's runtime in ``lib/``, headers, examples."""
         from tvm_shuffle import build, bundle

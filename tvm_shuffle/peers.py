@@ -60,6 +60,7 @@ class Session:
     close: Callable[[], None] = lambda: None
     compiled: api.Compiled | None = None  # a tvm_shuffle engine's build, for the per-kernel profile
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weight_bytes: int | None = None  # the weights as this engine stores them (None: unknown)
 
     def times(self, x: np.ndarray, *, warmup: int, repeat: int) -> list[float]:
         """Seconds per call for ``repeat`` calls after ``warmup`` untimed ones."""
@@ -211,7 +212,8 @@ def _tvm_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
         raise Unavailable("CUDA libraries are measured on a GPU machine over RPC (--rpc-tracker, --rpc-key)")
     model = compiled.model(threads=w.threads)
     details["tvm_threads"] = model.threads
-    return Session(run=lambda x: model(x)[0], compiled=compiled, details=details)
+    return Session(run=lambda x: model(x)[0], compiled=compiled, details=details,
+                   weight_bytes=compiled.weight_bytes)
 
 
 def _rpc_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
@@ -225,7 +227,8 @@ def _rpc_session(w: Workload, compiled: api.Compiled, details: dict) -> Session:
     where = f"{'emulated ' if w.emulated else ''}device {w.tracker.key!r} via {w.tracker.address}"
     return Session(run=lambda x: model(x)[0], time=lambda x, warmup, repeat: model.times(x, warmup=warmup,
                                                                                          repeat=repeat),
-                   close=model.close, compiled=compiled, details={**details, "device": where})
+                   close=model.close, compiled=compiled, details={**details, "device": where},
+                   weight_bytes=compiled.weight_bytes)
 
 
 # ---------------------------------------------------------------------------
@@ -251,7 +254,16 @@ def _torch_session(module, threads: int) -> Session:
             out = module(torch.from_numpy(x))
         return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
-    return Session(run=run, close=restore)
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    return Session(run=run, close=restore, weight_bytes=weight_bytes)
+
+
+def onnx_weight_bytes(path: Path) -> int:
+    """Bytes of an ONNX model's initializers (its weights, and a QDQ model's scales and zero points)."""
+    import onnx
+
+    model = onnx.load(str(path))  # external data loaded too
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
 def _torch_eager(w: Workload) -> Session:
@@ -360,7 +372,7 @@ def _onnxruntime(w: Workload, *, model: Path | None = None) -> Session:
     except Exception as err:  # ORT raises its own types for unsupported operators
         raise Unavailable(f"ONNX Runtime cannot load the model: {first_line(err)}") from None
     name = session.get_inputs()[0].name
-    return Session(run=lambda x: session.run(None, {name: x})[0])
+    return Session(run=lambda x: session.run(None, {name: x})[0], weight_bytes=onnx_weight_bytes(model or w.onnx()))
 
 
 def _onnxruntime_int8(w: Workload) -> Session:
@@ -387,7 +399,8 @@ def _openvino(w: Workload, *, precision: str | None = "f32", model: Path | None 
     request = compiled.create_infer_request()
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: to_string() gives "bf16", "f32"
     used = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-    return Session(run=lambda x: np.array(request.infer([x])[0]), details={"inference_precision": used})
+    return Session(run=lambda x: np.array(request.infer([x])[0]), details={"inference_precision": used},
+                   weight_bytes=onnx_weight_bytes(model or w.onnx()))
 
 
 def _openvino_default(w: Workload) -> Session:
@@ -416,7 +429,7 @@ def _ncnn(w: Workload) -> Session:
             raise RuntimeError(f"ncnn extract failed ({status})")
         return np.array(out).reshape(1, -1)
 
-    return Session(run=run)
+    return Session(run=run, weight_bytes=weights.stat().st_size)
 
 
 def _pnnx_convert(w: Workload) -> tuple[Path, Path]:
@@ -509,5 +522,5 @@ def select(names: Sequence[str] | None) -> list[Engine]:
     return [e for e in ENGINES.values() if e.name in names]
 
 
-__all__ = ["ort_quantize_static", "Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
+__all__ = ["ort_quantize_static", "onnx_weight_bytes", "Engine", "ENGINES", "Session", "Workload", "Unavailable", "REFERENCE", "FALLBACK_REFERENCE", "select",
            "first_line"]

@@ -1,8 +1,8 @@
-"""Rewriting the calls of a Relax module: the one mutator every graph pass here is written with."""
+"""Rewriting the calls of a Relax module (the one mutator every graph pass here is written with), and its constants' size."""
 
 from __future__ import annotations
 
-from tvm_shuffle.tvm_compat import relax, tvm  # noqa: F401 - tvm names the annotations
+from tvm_shuffle.tvm_compat import Constant, relax, tvm  # noqa: F401 - tvm names the annotations
 
 
 def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
@@ -23,4 +23,18 @@ def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
     return rewriter.builder_.get()
 
 
-__all__ = ["rewrite_calls"]
+def constant_bytes(mod: "tvm.IRModule") -> int:
+    """Bytes of the distinct constants the Relax functions of ``mod`` hold (weights, biases, scales), as stored."""
+    seen: dict[int, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, Constant):
+            seen.setdefault(expr.__chandle__(), expr.value.numpy().nbytes)  # the node, not its transient wrapper
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return sum(seen.values())
+
+
+__all__ = ["rewrite_calls", "constant_bytes"]

@@ -130,7 +130,7 @@ def numerics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | No
 def _row(engine: engines_registry.Engine, status: str, reason: str = "", **extra) -> dict[str, Any]:
     return {"name": engine.name, "label": engine.label, "version": engine.version(), "status": status,
             "reason": reason, "note": engine.note, **{k: None for k in _STAT_KEYS}, "max_abs_err": None, "rel_logit_err": None,
-            "top1_agreement": None, "numerics_note": "", "details": {}, **extra}
+            "top1_agreement": None, "numerics_note": "", "details": {}, "weight_bytes": None, **extra}
 
 
 _STAT_KEYS = ("median_ms", "p90_ms", "min_ms", "mean_ms", "std_ms")
@@ -161,7 +161,7 @@ def open_engine(engine: engines_registry.Engine, workload: engines_registry.Work
         return _row(engine, "failed", f"{type(err).__name__} while running: {engines_registry.first_line(err)}",
                     details=session.details), None
     return _row(engine, "ok", **numerics(outputs, reference), details=session.details,
-                compiled=session.compiled), session
+                compiled=session.compiled, weight_bytes=session.weight_bytes), session
 
 
 def round_sizes(repeat: int, rounds: int) -> list[int]:

@@ -24,7 +24,7 @@ CATEGORY_COLORS = {"compute": "#3b6fd8", "data movement": "#e0812f", "VM runtime
 ENGINE_COLORS = {"tvm_shuffle-tuned": "#1f8a4c", "tvm_shuffle-untuned": "#7cc29a"}
 DEFAULT_COLOR = "#3b6fd8"
 ENGINE_CSV_COLUMNS = ("name", "label", "version", "status", "reason", "median_ms", "p90_ms", "min_ms", "mean_ms",
-                      "std_ms", "max_abs_err", "rel_logit_err", "top1_agreement", "numerics_note")
+                      "std_ms", "max_abs_err", "rel_logit_err", "top1_agreement", "numerics_note", "weight_bytes")
 KERNEL_CSV_COLUMNS = ("kernel", "category", "calls", "us", "share", "flops", "bytes", "gflops", "gbps",
                       "pct_peak_flops", "pct_peak_bw")
 MODEL_CSV_COLUMNS = ("name", "family", "groups", "width", "macs", "params", "paper_macs", "paper_params")
@@ -88,13 +88,17 @@ def ok_engines(data: dict) -> list[dict]:
 
 
 def engine_cells(row: dict, reference: str | None) -> list[str]:
-    """Median, p90, min, std, max abs err, top-1 (or the reason it did not run)."""
+    """Median, p90, min, std, max abs err, top-1, weights in MB (or the reason it did not run)."""
     if row["status"] != "ok":
         return [row["reason"]]
     top1 = "-" if row["top1_agreement"] is None else f"{100 * row['top1_agreement']:.0f}%"
     error = "reference" if row["name"] == reference else fmt_err(row["max_abs_err"])
     return [fmt_ms(row["median_ms"]), fmt_ms(row["p90_ms"]), fmt_ms(row["min_ms"]), fmt_ms(row["std_ms"]),
-            error, "reference" if row["name"] == reference else top1]
+            error, "reference" if row["name"] == reference else top1, fmt_mb(row.get("weight_bytes"))]
+
+
+def fmt_mb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e6:.2f}"
 
 
 def engine_note(row: dict) -> str:
@@ -115,7 +119,10 @@ def _precision_words(precision: dict | None) -> str:
     return f"{precision['name']} ({precision['mode']})"
 
 
-ENGINE_HEADER = ("engine", "version", "median ms", "p90 ms", "min ms", "std ms", "max abs err", "top-1 agree")
+WEIGHTS_NOTE = ("Weights MB: the weights as each engine stores them (tvm_shuffle: the library's constants; "
+                "ONNX Runtime and OpenVINO: the ONNX file's initializers; PyTorch: the state dict; ncnn: its .bin).")
+ENGINE_HEADER = ("engine", "version", "median ms", "p90 ms", "min ms", "std ms", "max abs err", "top-1 agree",
+                 "weights MB")
 
 
 # ---------------------------------------------------------------------------
@@ -167,11 +174,11 @@ def render_markdown(data: dict) -> str:
     rows = []
     for r in data["engines"]:
         cells = engine_cells(r, ref)
-        rows.append([r["label"], r["version"], *(cells if len(cells) > 1 else [f"*{cells[0]}*", *["-"] * 5])])
-    out += [md_table(ENGINE_HEADER, rows, "llrrrrrr"), ""]
+        rows.append([r["label"], r["version"], *(cells if len(cells) > 1 else [f"*{cells[0]}*", *["-"] * 6])])
+    out += [md_table(ENGINE_HEADER, rows, "llrrrrrrr"), ""]
     out += [f"Numerics: each engine's output on {s['numerics_inputs']} random N(0, 1) inputs against "
             f"{_engine_label(data, ref) if ref else 'no reference (none could run)'}; top-1 agreement is the share "
-            "of inputs whose arg-max class matches.", ""]
+            f"of inputs whose arg-max class matches. {WEIGHTS_NOTE}", ""]
     notes = [f"- {r['label']}: {engine_note(r)}" for r in data["engines"] if r["note"]]
     out += notes + [""]
     out += ["## Speed-up matrix", "", "Row engine is *x* times faster than column engine (ratio of medians; in "
@@ -461,7 +468,7 @@ def engine_table(data: dict) -> str:
     for r in data["engines"]:
         cells = engine_cells(r, ref)
         if len(cells) == 1:
-            rows.append([r["label"], r["version"], (cells[0], "l", 6)])
+            rows.append([r["label"], r["version"], (cells[0], "l", 7)])
             classes.append("bad")
         else:
             rows.append([r["label"], r["version"], *cells])
@@ -470,7 +477,8 @@ def engine_table(data: dict) -> str:
     reference = _engine_label(data, ref) if ref else "no reference (none could run)"
     return (html_table(ENGINE_HEADER, rows, left=2, row_classes=classes) +
             f'<p class="note">Numerics: output on {data["setup"]["numerics_inputs"]} random N(0, 1) inputs against '
-            f'{_e(reference)}; top-1 agreement is the share of inputs whose arg-max class matches.</p>'
+            f'{_e(reference)}; top-1 agreement is the share of inputs whose arg-max class matches. '
+            f'{_e(WEIGHTS_NOTE)}</p>'
             f'<ul class="note">{notes}</ul>')
 
 
