@@ -196,6 +196,43 @@ def test_a_vnni_target_computes_the_1x1_convolutions_with_vpdpbusd(tmp_path, tin
     assert re.search(r"\svpdpbusd\s", code), "no vpdpbusd in the library"
 
 
+class Classifier(torch.nn.Module):
+    """A 1x1 conv, global pooling and a fully connected layer of 70 outputs from 30 features (neither a whole vector nor quads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 30, 1)
+        self.fc = torch.nn.Linear(30, 70)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("spec", [vnni_spec(), targets.get("x86-avx2")], ids=["vnni", "avx2"])
+def test_the_classifier_is_an_int8_dense_kernel(spec, tiny_input):
+    from tvm_shuffle.schedules import int8_dense
+
+    torch.manual_seed(0)
+    module = Classifier().eval()
+    calibration = np.random.default_rng(1).standard_normal((8, *tiny_input.shape[1:])).astype(np.float32)
+    compiled = ts.compile(module, spec, example_inputs=(torch.from_numpy(tiny_input),), quiet=True,
+                          precision="int8", calibration=calibration)
+    assert compiled.manifest["precision"]["calibration"]["int8_dense"] == 1
+    kernels = [gv.name_hint for gv in build_lowered(compiled).functions]
+    assert any(name.startswith(f"fused_{int8_dense.DENSE}") for name in kernels), kernels
+    assert not any("matmul" in name for name in kernels), kernels
+    if host_has_vnni() or spec.name == "x86-avx2":
+        out = compiled(tiny_input)[0]
+        assert out.shape == (1, 70)
+        assert relative_error(out, torch_reference(module, tiny_input)) < INT8.tolerance
+
+
+def build_lowered(compiled):
+    from tvm_shuffle import build
+
+    return build.lower(compiled._built.mod, compiled.spec)
+
+
 def test_a_target_without_vnni_says_so_and_computes_integers(capsys, tiny_module, tiny_input):
     with pytest.warns(UserWarning, match="synthetic"):
         compiled = ts.compile(tiny_module, "x86-avx2", example_inputs=(torch.from_numpy(tiny_input),), quiet=True,

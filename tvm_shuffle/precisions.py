@@ -55,9 +55,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               fallback="bf16 storage only: weights stored in bf16 and widened to fp32 in registers, fp32 FMAs",
               tolerance=2e-2),
     Precision("int8",
-              "post-training static int8: 1x1 convolutions with s8 weights (per output channel) and u8 inputs "
-              "(per tensor, calibrated), s32 sums (AVX-512 VNNI vpdpbusd on x86); depthwise convolutions, the stem, "
-              "pooling and the classifier stay fp32",
+              "post-training static int8: 1x1 convolutions and the classifier with s8 weights (per output channel) "
+              "and u8 inputs (per tensor, calibrated), s32 sums (AVX-512 VNNI vpdpbusd on x86); depthwise "
+              "convolutions, the stem and pooling stay fp32",
               native={"x86": ("avx512vnni",)},
               fallback="the same integer arithmetic as 32-bit multiply-adds on widened u8/s8 values (exact, slower)",
               tolerance=5e-2, fallback_mode="integer", calibrated=True),

@@ -18,8 +18,11 @@ Steps, on the Relax module after BatchNorm folding (``passes.optimize`` calls
    per-tensor scale and zero point from its range; the graph multiplies the
    kernel's s32 sums by ``scale_x * scale_w[o]`` and subtracts the zero
    point's share (``zero_point * sum_k W_q[o, k]``) before the bias.
-   :mod:`tvm_shuffle.schedules.int8` computes the kernels. Every other
-   operator stays fp32 (:attr:`Quantization.fp32_ops` lists them).
+   :mod:`tvm_shuffle.schedules.int8` computes the kernels. A fully
+   connected layer with constant weights (the classifier) is quantized the
+   same way and becomes a :mod:`tvm_shuffle.schedules.int8_dense` kernel at
+   once. Every other operator stays fp32 (:attr:`Calibration.fp32_ops`
+   lists them).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Calibration:
     source: str = "synthetic"  # a path, "array" or "synthetic"
     table: dict = dataclasses.field(default_factory=dict)  # schedules.int8.InputQuantTable
     int8_convs: int = 0
+    int8_dense: int = 0  # fully connected layers (the classifier)
     fp32_ops: list = dataclasses.field(default_factory=list)
     # Structural hash of a module -> its convolutions' input quantization: a tune optimizes the same
     # module for its tasks, the untuned, the picked and the tuned build, and calibrates it once.
@@ -67,11 +71,12 @@ class Calibration:
         """What the manifest records."""
         return {"source": self.source, "images": int(self.data.shape[0]), "calibrator": self.calibrator,
                 **({"percentile": PERCENTILE} if self.calibrator == "percentile" else {}),
-                "int8_convs": self.int8_convs}
+                "int8_convs": self.int8_convs, "int8_dense": self.int8_dense}
 
     def summary(self) -> str:
         """The lines ``-v`` prints: how many convolutions are int8 and which operators stay fp32."""
-        lines = [f"int8: {self.int8_convs} 1x1 convolutions (u8 x s8 -> s32), calibrated on {self.data.shape[0]} "
+        lines = [f"int8: {self.int8_convs} 1x1 convolutions and {self.int8_dense} fully connected layer(s) "
+                 f"(u8 x s8 -> s32), calibrated on {self.data.shape[0]} "
                  f"{self.source} image(s) with {self.calibrator}"]
         if self.fp32_ops:
             lines.append("  stay fp32 (no int8 kernel): " + ", ".join(self.fp32_ops))
@@ -170,12 +175,21 @@ def int8_able(call) -> bool:
                                   int(attrs.groups)))
 
 
-def _int8_convs(func) -> list:
-    """The int8-able convolutions of ``func``, in binding order (the order :func:`tvm_shuffle.relax_rewrite.rewrite_calls` visits)."""
+def int8_able_dense(call) -> bool:
+    """A fully connected layer :mod:`tvm_shuffle.schedules.int8_dense` computes: ``matmul(x, W)``, x 2-D, W a constant fp32 K x O."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+        return False
+    data, weight = call.args
+    return (isinstance(weight, Constant) and str(weight.ty.dtype) == "float32" and len(weight.ty.shape.values) == 2
+            and str(data.ty.dtype) == "float32" and data.ty.ndim == 2)
+
+
+def _int8_calls(func) -> list:
+    """The int8-able convolutions and fully connected layers of ``func``, in binding order (the order :func:`tvm_shuffle.relax_rewrite.rewrite_calls` visits)."""
     found = []
 
     def visit(expr):
-        if int8_able(expr):
+        if int8_able(expr) or int8_able_dense(expr):
             found.append(expr)
 
     relax.analysis.post_order_visit(func.body, visit)
@@ -183,9 +197,9 @@ def _int8_convs(func) -> list:
 
 
 def calibrate(mod: "tvm.IRModule", calibration: Calibration) -> list[int8.InputQuant]:
-    """Each int8-able convolution's input quantization (binding order), from the fp32 module run on the set."""
+    """Each int8-able call's input quantization (binding order), from the fp32 module run on the set."""
     func = relax.transform.ToNonDataflow()(mod)["main"]
-    inputs = [call.args[0] for call in _int8_convs(func)]
+    inputs = [call.args[0] for call in _int8_calls(func)]
     if not inputs:
         return []
     unique = list({id(v): v for v in inputs}.values())
@@ -242,9 +256,10 @@ def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModule":
-    """``mod`` with its int8-able convolutions on s8 weights; fills ``calibration.table``, ``int8_convs``, ``fp32_ops``.
+    """``mod`` with its int8-able convolutions and classifier on s8 weights; fills ``calibration``'s outcome.
 
-    The s8 convolutions stay Relax ``conv2d`` calls (fp32 input, s8 weights,
+    Fills ``table``, ``int8_convs``, ``int8_dense`` and ``fp32_ops``. The
+    classifier becomes its kernel here (:func:`s8_dense`). The s8 convolutions stay Relax ``conv2d`` calls (fp32 input, s8 weights,
     fp32 result: the kernel's s32 sums) until the fusion or
     ``passes.lower_int8_convs`` makes them :func:`tvm_shuffle.schedules.int8.pointwise_conv2d`
     kernels; run those with :func:`tvm_shuffle.schedules.int8.using_table` on ``calibration.table``.
@@ -256,7 +271,7 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
     if key not in calibration.ranges:
         calibration.ranges[key] = calibrate(mod, calibration)
     quants = calibration.ranges[key]
-    weights = [quantize_weights(call.args[1].value.numpy()) for call in _int8_convs(mod["main"])]
+    weights = [quantize_weights(_weight_oi(call)) for call in _int8_calls(mod["main"])]
     keys = [int8.fingerprint(weight_q) for weight_q, _ in weights]
     table: dict = calibration.table
     refused = {key for key, quant in zip(keys, quants)
@@ -266,17 +281,51 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
     plan = iter(zip(weights, keys, quants))
 
     def rewrite(call, builder):
-        if not int8_able(call):
+        dense = int8_able_dense(call)
+        if not (dense or int8_able(call)):
             return call
         (weight_q, weight_scale), key, quant = next(plan)
+        if dense:
+            return s8_dense(call.args[0], weight_q, quant, weight_scale, builder)
         if key in refused:
             return call
         return s8_conv(call.args[0], weight_q, call.attrs, quant.scale * weight_scale, quant.zero_point)
 
+    calls = _int8_calls(mod["main"])
     out = rewrite_calls(mod, rewrite)
-    calibration.int8_convs = sum(key not in refused for key in keys)
+    calibration.int8_dense = sum(int8_able_dense(call) for call in calls)
+    calibration.int8_convs = sum(key not in refused for key, call in zip(keys, calls) if int8_able(call))
     calibration.fp32_ops = fp32_operators(out)
     return out
+
+
+def _weight_oi(call) -> np.ndarray:
+    """An int8-able call's fp32 weights with the output channels first (a conv's OIHW; a matmul's K x O transposed)."""
+    weight = call.args[1].value.numpy()
+    return np.ascontiguousarray(weight.T) if int8_able_dense(call) else weight
+
+
+def s8_dense(data, weight_q: np.ndarray, quant: int8.InputQuant, weight_scale: np.ndarray, builder):
+    """The int8 form of ``matmul(data, W)``: an :func:`tvm_shuffle.schedules.int8_dense.dense` kernel on s8 ``weight_q`` (O x K).
+
+    The kernel quantizes ``data`` with ``quant`` itself (it takes it as an
+    argument: no table), on weights zero-padded to its shape; the graph
+    scales its s32 sums back and subtracts the zero point's share, as
+    :func:`s8_conv` does.
+    """
+    import functools
+
+    from tvm_shuffle.schedules import int8_dense
+
+    out_features, features = weight_q.shape
+    padded = np.zeros(int8_dense.padded_shape(out_features, features), np.int8)
+    padded[:out_features, :features] = weight_q
+    sums = builder.call_te(functools.partial(int8_dense.dense, quant=quant, out_features=out_features), data,
+                           relax.const(padded), primfunc_name_hint=int8_dense.DENSE)
+    multiplier = quant.scale * weight_scale
+    offset = -multiplier * quant.zero_point * weight_q.astype(np.int64).sum(axis=1)
+    return relax.op.add(relax.op.multiply(sums, relax.const(multiplier.astype(np.float32)[None])),
+                        relax.const(offset.astype(np.float32)[None]))
 
 
 def s8_conv(data, weight_q: np.ndarray, attrs, multiplier: np.ndarray, zero_point: int):

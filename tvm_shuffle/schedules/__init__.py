@@ -46,10 +46,10 @@ def default_schedule_passes(spec) -> list:
 
 
 def cpu_rules() -> tuple:
-    """The CPU rules: the bf16 and int8 1x1 convolutions' own (:mod:`.bf16`, :mod:`.int8`), then :func:`.cpu.default_rules`."""
-    from tvm_shuffle.schedules import bf16, cpu, int8
+    """The CPU rules: the bf16 and int8 kernels' own (:mod:`.bf16`, :mod:`.int8`, :mod:`.int8_dense`), then :func:`.cpu.default_rules`."""
+    from tvm_shuffle.schedules import bf16, cpu, int8, int8_dense
 
-    return (bf16.PointwiseBF16(), int8.PointwiseInt8(), *cpu.default_rules())
+    return (bf16.PointwiseBF16(), int8.PointwiseInt8(), int8_dense.DenseInt8(), *cpu.default_rules())
 
 
 def default_schedule(func, target):

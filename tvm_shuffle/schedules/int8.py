@@ -9,7 +9,8 @@ s32 sums as fp32 (exact: below 2^24 for the channel counts of ShuffleNet);
 the graph multiplies them by ``scale * weight_scale[o]``, subtracts the zero
 point's share and adds the bias in the convolution's fused epilogue.
 Activations between layers stay fp32 (mixed precision): depthwise
-convolutions, the stem, pooling and the classifier are fp32 kernels.
+convolutions, the stem and pooling are fp32 kernels (the classifier is
+:mod:`.int8_dense`).
 
 The compute (:func:`pointwise_conv2d`) flattens the pixels and pads them to
 whole vectors of ``LANES`` as the bf16 kernel does (:mod:`.bf16`), and
@@ -131,6 +132,22 @@ def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
             and all(int(d) == 1 for d in dilation))
 
 
+def quantize_u8(value, quant: InputQuant):
+    """``clamp(round(value / scale) + zero_point, 0, 255)`` of an fp32 expression, as a uint32."""
+    scaled = tir.round(value * tir.const(1.0 / quant.scale, "float32") + tir.const(float(quant.zero_point), "float32"))
+    return tir.max(tir.min(scaled, tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint32")
+
+
+def pack_quad(read, k, channels: int, quant: InputQuant):
+    """The u8 values of channels ``4k .. 4k + 3`` (``read(c)`` in fp32; 0 past ``channels``) in the bytes of a uint32."""
+    def channel(c):
+        value = quantize_u8(read(tir.min(c, i64(channels - 1)) if channels % QUAD else c), quant)
+        return tir.if_then_else(c < i64(channels), value, tir.const(0, "uint32")) if channels % QUAD else value
+
+    words = [channel(k * i64(QUAD) + i64(j)) << tir.const(8 * j, "uint32") for j in range(QUAD)]
+    return functools.reduce(lambda a, b: a | b, words)
+
+
 def unpack(word, j):
     """Byte ``j`` of a uint32 quad as an int32: the u8 input of channel ``4k + j``."""
     return tir.Cast("int32", tir.bitwise_and(tir.shift_right(word, tir.Cast("uint32", j) * tir.const(8, "uint32")),
@@ -149,23 +166,9 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     out_channels, channels = (int(d) for d in weight.shape[:2])
     quads = -(-channels // QUAD)
     read, padded = flat_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
-    inverse = tir.const(1.0 / quant.scale, "float32")
-    zero_point = tir.const(float(quant.zero_point), "float32")
-
-    def quantize(n, c, p):
-        """The u8 value of input channel ``c`` (0 past the last channel) as a uint32."""
-        value = tir.max(tir.min(tir.round(read(n, tir.min(c, i64(channels - 1)), p) * inverse + zero_point),
-                                tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint32")
-        if channels % QUAD:
-            return tir.if_then_else(c < i64(channels), value, tir.const(0, "uint32"))
-        return value
-
-    def pack(n, k, p):
-        words = [quantize(n, k * i64(QUAD) + i64(j), p) << tir.const(8 * j, "uint32") for j in range(QUAD)]
-        return functools.reduce(lambda a, b: a | b, words)
-
     # One uint32 per pixel and quad of channels (byte j: channel 4k + j), computed a vector of pixels at a time.
-    quad_input = te.compute(shape64(batch, quads, padded), pack, name=QUADS)
+    quad_input = te.compute(shape64(batch, quads, padded),
+                            lambda n, k, p: pack_quad(lambda c: read(n, c, p), k, channels, quant), name=QUADS)
     zero = i64(0)
     if channels % QUAD:
         last = i64(channels - 1)
