@@ -121,6 +121,7 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
             raise ValueError("precision='int8' needs a calibration (tvm_shuffle.quantize.load_calibration)")
         if not from_model:
             mod = quantize.quantize_convs(mod, calibration)
+        mod = merge_constant_adds(mod)  # the int8 epilogue's zero-point offset and the bias: one add
         with int8.using_table(calibration.table):  # the fused kernels and lower_int8_convs read it
             if shuffle == "fused":
                 mod = fuse_shuffles(mod, report)
@@ -134,6 +135,34 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
     if precision == "bf16":
         mod = lower_bf16_convs(mod)
     return mod
+
+
+def merge_constant_adds(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """``(x + a) + b`` with constants ``a`` and ``b`` (either operand order) as ``x + (a + b)``.
+
+    The int8 convolutions' epilogue adds the zero point's share and then the
+    folded bias, both per output channel: one add per output instead of two.
+    Only when ``a + b`` has the shape and dtype of ``a`` (the broadcast of
+    ``x`` is unchanged).
+    """
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    x, a, b = wildcard(), is_const(), is_const()
+    inner = is_op("relax.add")(x, a) | is_op("relax.add")(a, x)
+    pattern = is_op("relax.add")(inner, b) | is_op("relax.add")(b, inner)
+
+    def rewrite(expr, matches):
+        first, second = matches[a].value.numpy(), matches[b].value.numpy()
+        total = first + second
+        if total.shape != first.shape or total.dtype != first.dtype:
+            return expr
+        return relax.op.add(matches[x], relax.const(total))
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = rewrite_call(pattern, rewrite, func)
+    return out
 
 
 def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":
