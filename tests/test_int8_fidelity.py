@@ -2,10 +2,10 @@
 
 The fixture trains the zoo's :class:`~tvm_shuffle.models.ShuffleNetV2`
 with small stages (channels 24-48-96-192-512, repeats 2-3-2: 18 dense 1x1
-convolutions, all of which int8 computes) on ``sklearn.datasets.load_digits``
-(8x8 grey images, upscaled to 32x32, copied to 3 channels, normalized),
-1437 training and 360 held-out test images, seeded and on one thread
-(about 6 s). The zoo models' random weights say nothing about accuracy
+convolutions and the classifier, all of which int8 computes) on
+``sklearn.datasets.load_digits`` (8x8 grey images, upscaled to 32x32,
+copied to 3 channels, normalized), 1437 training and 360 held-out test
+images, seeded and on one thread (about 6 s). The zoo models' random weights say nothing about accuracy
 (tests/test_int8.py checks their logits); a trained network is what users
 quantize.
 
@@ -164,6 +164,7 @@ def test_int8_keeps_the_accuracy_within_one_point_of_fp32(trained, fp32_logits, 
     described = compiled.manifest["precision"]
     assert described["calibration"]["calibrator"] == calibrator
     assert described["calibration"]["int8_convs"] == POINTWISE_CONVS  # every one is int8
+    assert described["calibration"]["int8_dense"] == 1  # the classifier
     int8_logits = run_compiled(compiled, trained.test)
 
     fp32_accuracy, int8_accuracy = accuracy(fp32_logits, trained.labels), accuracy(int8_logits, trained.labels)
