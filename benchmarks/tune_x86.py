@@ -2,6 +2,7 @@
 
     python benchmarks/tune_x86.py [--model shufflenet_v2_x1_0] [--checkpoints 64,200,400,800]
                                   [--threads 2] [--repeat 50] [--rounds 3] [--work-dir work/bench]
+                                  [--precision fp32|bf16|int8]
 
 Tunes in steps (each resumes the previous one's records) and after every
 step times the tuned library (after the in-model check of
@@ -10,7 +11,8 @@ pick (every kernel from the records), the untuned library and ONNX Runtime
 (same thread count, fp32, batch 1) in interleaved rounds, so the numbers of
 a row saw the same machine load: on a shared machine the ratios are what to
 read, and each round's ratio (its range shows how far the machine's load
-moved them). Prints a Markdown table and writes it, with the raw numbers as JSON,
+moved them). ``--precision bf16`` or ``int8`` tunes and times the builds of
+that precision (int8 calibrated on the synthetic set); ONNX Runtime stays fp32. Prints a Markdown table and writes it, with the raw numbers as JSON,
 to ``benchmarks/results/`` under a name that records the setup.
 """
 
@@ -22,6 +24,7 @@ import json
 import platform
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 from tvm_shuffle import host
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=50, help="calls per engine per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shuffle", choices=SHUFFLE_MODES, default=SHUFFLE_MODES[0])
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="the precision tuned and timed (int8: calibrated on the synthetic set)")
     parser.add_argument("--work-dir", default="work/bench", help="tuning records (resumed if present)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
@@ -98,13 +103,15 @@ def main(argv=None) -> int:
                               work_dir=Path(args.work_dir), torch_module=models.build_model(args.model).eval())
     (ort,) = peers.select(["onnxruntime"])
     ort_run = ort.prepare(workload).run
-    untuned = ts.compile(imported, spec, shuffle=args.shuffle, quiet=True)
+    warnings.filterwarnings("ignore", message="no calibration data")  # int8: the synthetic set, said in the header
+    untuned = ts.compile(imported, spec, shuffle=args.shuffle, quiet=True, precision=args.precision)
     print(f"{args.model} {args.input_shape}, {spec.name} {spec.target}, {args.threads} threads", flush=True)
 
     rows, tuning_s = [], 0.0
     for trials in parse_checkpoints(args.checkpoints):
         try:
-            tuned = ts.tune(imported, spec, trials=trials, work_dir=args.work_dir, shuffle=args.shuffle)
+            tuned = ts.tune(imported, spec, trials=trials, work_dir=args.work_dir, shuffle=args.shuffle,
+                            precision=args.precision)
         except KeyboardInterrupt:
             break
         outcome, kept, pick = tuned.tuning.outcome, tuned.tuning.kept_default, tuned.tuning.pick
@@ -133,18 +140,18 @@ def main(argv=None) -> int:
               f"| {r['pick_ms']:.2f} | {r['untuned_ms']:.2f} | {r['onnxruntime_ms']:.2f} | {r['tuned_vs_ort']:.2f} | "
               f"{_span(r['tuned_vs_ort_rounds'])} | {_span(r['untuned_vs_ort_rounds'])} | "
               f"{r['estimate_ms'] if r['estimate_ms'] is not None else '-'} |" for r in rows]
-    header = (f"{args.model} {args.input_shape} fp32 batch 1, {args.threads} threads, {spec.target.get('mcpu')}, "
+    header = (f"{args.model} {args.input_shape} {args.precision} batch 1, {args.threads} threads, {spec.target.get('mcpu')}, "
               f"TVM {TVM_VERSION}, shuffle={args.shuffle}; medians of {args.rounds} interleaved rounds x "
               f"{args.repeat} calls per engine; tvm_shuffle {revision}" + (f"; {args.note}" if args.note else ""))
     print("\n" + header + "\n\n" + "\n".join(table))
 
     RESULTS.mkdir(exist_ok=True)
     stem = (f"tune_x86_{args.model}_{args.input_shape.replace(',', 'x')}_{spec.target.get('mcpu')}_"
-            f"{args.threads}threads_{args.shuffle}")
+            f"{args.threads}threads_{args.shuffle}" + ("" if args.precision == "fp32" else f"_{args.precision}"))
     (RESULTS / f"{stem}.md").write_text(header + "\n\n" + "\n".join(table) + "\n")
     (RESULTS / f"{stem}.json").write_text(json.dumps({
         "model": args.model, "input_shape": args.input_shape, "threads": args.threads, "repeat": args.repeat,
-        "rounds": args.rounds, "shuffle": args.shuffle, "target": spec.target, "tvm": TVM_VERSION,
+        "rounds": args.rounds, "shuffle": args.shuffle, "precision": args.precision, "target": spec.target, "tvm": TVM_VERSION,
         "revision": revision, "machine": platform.node(), "note": args.note,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "rows": rows},
         indent=2) + "\n")
