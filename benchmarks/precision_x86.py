@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 from pathlib import Path
@@ -78,24 +79,27 @@ def main(argv=None) -> int:
                    if args.precision == "int8" else "")
     lines = [f"# {args.model} 1x3x224x224, batch 1, {args.threads} threads, {info.get('cpu', platform.processor())}",
              "", f"{args.rounds} interleaved rounds, {args.repeat} timed runs per engine in all.{calibration} "
-             "BatchNorm statistics randomized; numerics against fp32 PyTorch on the report's random inputs.", ""]
+             "BatchNorm statistics randomized; numerics against fp32 PyTorch on the report's random inputs "
+             "(SNR = -20 log10 of the relative logit error); weights as each engine stores them.", ""]
     if args.note:
         lines += [args.note, ""]
-    lines += ["| engine | median ms | rounds (ms) | max abs err | rel logit err | top-1 | precision |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| engine | median ms | rounds (ms) | max abs err | rel logit err | SNR dB | top-1 | precision | weights MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name in engines:
         row = rows[name]
         if row["status"] != "ok":
-            lines.append(f"| {row['label']} | {row['reason']} | | | | | |")
+            lines.append(f"| {row['label']} | {row['reason']} | | | | | | | |")
             continue
         details = row.get("details") or {}
         precision = details.get("inference_precision") or (
             f"{details['precision']['name']} ({details['precision']['mode']})" if details.get("precision") else "fp32")
         rel, err, top1 = row.get("rel_logit_err"), row["max_abs_err"], row["top1_agreement"]
+        weights = row.get("weight_bytes")
         lines.append(f"| {row['label']} | {row['median_ms']:.3f} | {', '.join(f'{t:.2f}' for t in row['rounds_ms'])} "
                      f"| {'-' if err is None else f'{err:.1e}'} | {'-' if rel is None else f'{rel:.1e}'} "
+                     f"| {'-' if not rel else f'{-20 * math.log10(rel):.1f}'} "
                      f"| {'-' if top1 is None else f'{100 * top1:.0f}%'} "
-                     f"| {precision} |")
+                     f"| {precision} | {'-' if weights is None else f'{weights / 1e6:.2f}'} |")
     lines += ["", f"{rows[subject]['label']} time over each engine's, per round (below 1: {rows[subject]['label']} faster):", ""]
     for base, values in ratios.items():
         lines.append(f"- {rows[base]['label']}: median {statistics.median(values):.2f}, range "
