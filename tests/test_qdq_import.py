@@ -6,7 +6,8 @@ Tolerances, against ONNX Runtime running the same file:
   as ONNX Runtime's integer convolution; ONNX Runtime then rounds the result
   to the output's 8-bit grid and we do not (the Q/DQ pair after it is
   dropped), so they differ by at most half an output step (plus fp32
-  rounding): ``s_y / 2 + 1e-5``. ConvInteger's sums are integers: equal.
+  rounding): ``s_y / 2 + 1e-5``; so does a 2-D QLinearMatMul, an int8 dense
+  kernel. ConvInteger's sums are integers: equal.
 * a convolution or matmul that stays fp32 reads its input unrounded where
   ONNX Runtime reads it rounded to the input's grid, at most ``s_x / 2``
   apart per element: its outputs differ by at most
@@ -88,8 +89,8 @@ def qlinear_conv(*, kernel=1, activation=np.uint8, per_channel=True, bias=True, 
     return model_of(nodes, inits, [1, channels, size, size], [1, out, size, size]), inits
 
 
-def qlinear_matmul():
-    """x (1, 1, 4, 16) -> QuantizeLinear -> QLinearMatMul with s8 (16, 10) weights, per-column scales -> DequantizeLinear."""
+def qlinear_matmul(shape=(1, 1, 4, 16)):
+    """x -> QuantizeLinear -> QLinearMatMul with s8 (16, 10) weights, per-column scales -> DequantizeLinear."""
     rng = np.random.default_rng(0)
     inits = {"s_x": np.float32(S_X), "zp_x": np.uint8(128), "s_y": np.float32(S_Y), "zp_y": np.uint8(128),
              "w": rng.integers(-127, 128, (16, 10)).astype(np.int8),
@@ -97,7 +98,7 @@ def qlinear_matmul():
     nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["xq"]),
              helper.make_node("QLinearMatMul", ["xq", "s_x", "zp_x", "w", "s_w", "zp_w", "s_y", "zp_y"], ["yq"]),
              helper.make_node("DequantizeLinear", ["yq", "s_y", "zp_y"], ["y"])]
-    return model_of(nodes, inits, [1, 1, 4, 16], [1, 1, 4, 10]), inits
+    return model_of(nodes, inits, list(shape), [*shape[:-1], 10]), inits
 
 
 def conv_integer(*, cast=True):
@@ -173,7 +174,17 @@ def test_a_3x3_qlinear_conv_runs_in_fp32_within_its_input_rounding_of_onnx_runti
 
 
 @native_host
-def test_qlinear_matmul_runs_in_fp32_within_its_input_rounding_of_onnx_runtime():
+def test_a_2d_qlinear_matmul_is_an_int8_dense_kernel_within_half_an_output_step_of_onnx_runtime():
+    model, _ = qlinear_matmul((3, 16))
+    x = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
+    compiled = compile_quietly(model)
+    quantization = compiled.manifest["precision"]["quantization"]
+    assert quantization["int8_dense"] == 1 and quantization["fp32_ops"] == []
+    assert np.abs(compiled(x)[0] - onnx_runtime(model, x)).max() <= S_Y / 2 + 1e-5
+
+
+@native_host
+def test_a_4d_qlinear_matmul_runs_in_fp32_within_its_input_rounding_of_onnx_runtime():
     model, inits = qlinear_matmul()
     x = np.random.default_rng(2).standard_normal((1, 1, 4, 16)).astype(np.float32)
     compiled = compile_quietly(model)
@@ -319,8 +330,9 @@ def test_shufflenet_v2_qdq_matches_onnx_runtime_with_integer_kernels(shufflenet_
     compiled = ts.compile(quantized, quiet=True)
     quantization = compiled.manifest["precision"]["quantization"]
     assert compiled.manifest["precision"]["name"] == "int8" and quantization["source"] == "model"
-    assert quantization["int8_convs"] == 36  # every 1x1 convolution
-    assert "conv2d 3x3 depthwise (19)" in quantization["fp32_ops"] and "fake_quantization_kept" not in quantization
+    assert quantization["int8_convs"] == 36 and quantization["int8_dense"] == 1  # every 1x1 conv, the classifier
+    assert quantization["fp32_ops"] == ["conv2d 3x3 dense (1)", "conv2d 3x3 depthwise (19)", "max_pool2d (1)", "mean (1)"]
+    assert "fake_quantization_kept" not in quantization
     assert len(int8_kernels(compiled)) == 36  # the fused kernels of the 1x1 convolutions are int8 ones
     step = output_step(quantized)
     ours, theirs = [], []

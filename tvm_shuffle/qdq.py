@@ -19,6 +19,11 @@ weights and lose them):
    the input's u8 quantization ``InputQuant(s_x, zp_x)`` in the table the
    kernels read. An s8 activation is the same arithmetic shifted by 128 into
    u8: ``clamp(round(x / s) + zp, -128, 127) + 128 = clamp(round(x / s) + zp + 128, 0, 255)``.
+   A fully connected layer ``matmul(dequantize(quantize(x)), W)`` on a 2-D
+   input with dequantized constant weights (the classifier: a Gemm's
+   transposed ``W``, or QLinearMatMul's per-column one) becomes the
+   :mod:`tvm_shuffle.schedules.int8_dense` kernel the same way
+   (:func:`tvm_shuffle.quantize.s8_dense`).
 2. **Every other Q/DQ pair** (fake quantization around operators without an
    int8 kernel: depthwise convolutions, the stem, the classifier, pooling,
    concats, reshapes) is dropped, so those operators run in fp32 on unrounded
@@ -50,7 +55,7 @@ import dataclasses
 
 import numpy as np
 
-from tvm_shuffle.quantize import fp32_operators, s8_conv
+from tvm_shuffle.quantize import fp32_operators, s8_conv, s8_dense
 from tvm_shuffle.relax_rewrite import rewrite_calls
 from tvm_shuffle.schedules import int8
 from tvm_shuffle.tvm_compat import Constant, relax, tvm
@@ -78,6 +83,7 @@ class ModelQuantization:
     requested: str = "int8"
     table: dict = dataclasses.field(default_factory=dict)  # schedules.int8.InputQuantTable
     int8_convs: int = 0
+    int8_dense: int = 0  # fully connected layers (the classifier)
     clamps: int = 0  # Q/DQ pairs that became a clamp to their 8-bit range
     dropped: int = 0  # Q/DQ pairs on data movement whose clamp went too
     fp32_ops: list = dataclasses.field(default_factory=list)
@@ -86,13 +92,13 @@ class ModelQuantization:
     def describe(self) -> dict:
         """What the manifest records: the quantization's source is the model, not a calibration set."""
         return {"source": "model", "format": "QDQ", "requested": self.requested, "int8_convs": self.int8_convs,
-                "qdq_pairs_dropped": self.clamps + self.dropped, "fp32_ops": list(self.fp32_ops),
+                "int8_dense": self.int8_dense, "qdq_pairs_dropped": self.clamps + self.dropped, "fp32_ops": list(self.fp32_ops),
                 **({"fake_quantization_kept": list(self.fake)} if self.fake else {})}
 
     def summary(self) -> str:
         """The lines ``-v`` prints."""
-        lines = [f"int8: {self.int8_convs} 1x1 convolutions (u8 x s8 -> s32) with the model's own scales and zero "
-                 "points (QDQ; no calibration)",
+        lines = [f"int8: {self.int8_convs} 1x1 convolutions and {self.int8_dense} fully connected layer(s) "
+                 "(u8 x s8 -> s32) with the model's own scales and zero points (QDQ; no calibration)",
                  f"  fake quantization dropped: {self.clamps + self.dropped} Q/DQ pairs ({self.clamps} kept as a "
                  f"clamp to their 8-bit range, {self.dropped} on data movement from clamped values)"]
         if self.fp32_ops:
@@ -193,9 +199,10 @@ def _quantized_input(expr, lookup) -> tuple | None:
     return q.args[0], int8.InputQuant(float(qp.scale.reshape(())), zero_point), float(dqp.scale.reshape(()))
 
 
-def _quantized_weight(expr, lookup, out_channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _quantized_weight(expr, lookup, out_channels: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """``(s8 weights, per-output-channel scales)`` when ``expr`` is ``dequantize`` of constant 8-bit weights.
 
+    ``axis`` is the output channels' (a per-channel scale must be along it).
     A weight zero point is subtracted here; weights that then leave the s8
     range (u8 weights far from their zero point) are not int8-able.
     """
@@ -205,14 +212,26 @@ def _quantized_weight(expr, lookup, out_channels: int) -> tuple[np.ndarray, np.n
     weight, params = _constant(dq.args[0]), _params(dq)
     if weight is None or params is None or weight.dtype not in (np.int8, np.uint8):
         return None
-    if not params.per_tensor and (params.axis % weight.ndim != 0 or params.scale.size != out_channels
+    if not params.per_tensor and (params.axis % weight.ndim != axis or params.scale.size != out_channels
                                   or params.zero_point.size not in (1, out_channels)):
         return None
-    shifted = weight.astype(np.int32) - _along(params.zero_point.astype(np.int32), 0, weight.ndim)
+    shifted = weight.astype(np.int32) - _along(params.zero_point.astype(np.int32), axis, weight.ndim)
     if shifted.min(initial=0) < -128 or shifted.max(initial=0) > 127:
         return None
     scales = np.broadcast_to(params.scale.reshape(-1).astype(np.float64), (out_channels,))
     return shifted.astype(np.int8), scales
+
+
+def _dense_weight(expr, lookup, out_features: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A matmul's K x O weights as ``(s8 O x K, per-output scales)``: ``permute_dims(dequantize(O x K))`` or ``dequantize(K x O)``."""
+    transpose = _op(expr, lookup, "relax.permute_dims")
+    if transpose is not None:
+        axes = transpose.attrs.axes
+        if axes is not None and [int(a) for a in axes] != [1, 0]:
+            return None
+        return _quantized_weight(transpose.args[0], lookup, out_features, axis=0)
+    found = _quantized_weight(expr, lookup, out_features, axis=1)
+    return None if found is None else (np.ascontiguousarray(found[0].T), found[1])
 
 
 def _int8_plan(call, lookup) -> tuple | None:
@@ -235,8 +254,26 @@ def _int8_plan(call, lookup) -> tuple | None:
     return x, weight_q, data_scale * weight_scale, quant
 
 
+def _dense_plan(call, lookup) -> tuple | None:
+    """``(x, s8 O x K weights, per-output scales, InputQuant, dequantize scale)`` for a fully connected layer of quantized input and weights."""
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+        return None
+    data, weight = call.args
+    if data.ty.ndim != 2 or weight.ty.ndim != 2 or str(call.ty.dtype) != "float32":
+        return None
+    quantized = _quantized_input(data, lookup)
+    found = _dense_weight(weight, lookup, int(weight.ty.shape.values[1]))
+    if quantized is None or found is None:
+        return None
+    x, quant, data_scale = quantized
+    return x, found[0], found[1], quant, data_scale
+
+
 def _int8_convs(mod: "tvm.IRModule", quantization: ModelQuantization) -> "tvm.IRModule":
-    """Step 1: the int8-able convolutions in the form of ``quantize.quantize_convs``, their input quantization in the table."""
+    """Step 1: the int8-able convolutions and fully connected layers in the form of ``quantize.quantize_convs``.
+
+    The convolutions' input quantization goes in the table (the dense kernel takes its own as an argument).
+    """
     func = mod["main"]
     var2val = relax.analysis.get_var2val(func)
     plans = []
@@ -254,6 +291,14 @@ def _int8_convs(mod: "tvm.IRModule", quantization: ModelQuantization) -> "tvm.IR
     quantization.table.update(table)
 
     def rewrite(call, builder):
+        dense = _dense_plan(call, builder.lookup_binding)
+        if dense is not None:
+            x, weight_q, weight_scale, quant, data_scale = dense
+            quantization.int8_dense += 1
+            out = s8_dense(x, weight_q, quant, weight_scale, builder)
+            # The kernel's sums times s_x s_w; a dequantize with another scale (s') wants them times s' s_w.
+            return out if data_scale == quant.scale else relax.op.multiply(out, relax.const(
+                np.float32(data_scale / quant.scale)))
         plan = _int8_plan(call, builder.lookup_binding)
         if plan is None:
             return call
