@@ -17,6 +17,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -169,6 +170,11 @@ def test_tuning_int8_tunes_the_int8_kernels_and_compile_builds_from_their_record
     ref = torch_reference(tiny_module, tiny_input)
     assert relative_error(tuned(tiny_input)[0], ref) < INT8.tolerance
 
+    # A fresh process parses every record (their traces name our tensor intrinsics: registered on reading).
+    script = ("import sys; from tvm_shuffle.tuning import database; "
+              "db = database.open_database(database.Path(sys.argv[1])); print(len(db.get_all_tuning_records()))")
+    fresh = subprocess.run([sys.executable, "-c", script, str(directory)], capture_output=True, text=True, check=True)
+    assert int(fresh.stdout.split()[-1]) == INT8_TRIALS and "unreadable" not in fresh.stderr, fresh.stderr
     rebuilt = ts.compile(tiny_module, example_inputs=example, precision="int8", calibration=calibration,
                          work_dir=work, quiet=True)
     assert rebuilt.manifest["tuning_database_digest"] == database.digest(directory)
@@ -194,6 +200,19 @@ def test_a_vnni_target_computes_the_1x1_convolutions_with_vpdpbusd(tmp_path, tin
     library = compiled.save(tmp_path / "b") / "model.so"
     code = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True).stdout
     assert re.search(r"\svpdpbusd\s", code), "no vpdpbusd in the library"
+
+
+@pytest.mark.slow
+@native_host
+def test_the_search_tunes_a_kernel_whose_channels_are_no_whole_quads(tmp_path):
+    """MetaSchedule's own candidates (past the seeds) on a conv of 6 input channels: the padded-weight stage's case."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(6, 16, 1), torch.nn.ReLU()).eval()
+    x = np.random.default_rng(0).standard_normal((1, 6, 8, 8)).astype(np.float32)
+    calibration = np.random.default_rng(1).standard_normal((4, 6, 8, 8)).astype(np.float32)
+    tuned = ts.tune(module, example_inputs=(torch.from_numpy(x),), precision="int8", calibration=calibration,
+                    trials=40, work_dir=tmp_path, progress=False)
+    assert relative_error(tuned(x)[0], torch_reference(module, x)) < INT8.tolerance
 
 
 class Classifier(torch.nn.Module):

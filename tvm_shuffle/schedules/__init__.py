@@ -25,7 +25,7 @@ from tvm_shuffle.schedules.detect import ChannelMap, ShuffleMatch, analyze, find
 from tvm_shuffle.schedules.fuse import FusionReport, fuse_shuffles, report_stock
 
 __all__ = ["ChannelMap", "ShuffleMatch", "analyze", "find_shuffles", "FusionReport", "fuse_shuffles", "report_stock",
-           "default_schedule_passes", "default_schedule", "default_candidates"]
+           "default_schedule_passes", "default_schedule", "default_candidates", "register_intrinsics"]
 
 CPU_FAMILIES = ("x86", "arm")
 
@@ -43,6 +43,19 @@ def default_schedule_passes(spec) -> list:
 
     rules = cpu_rules() if spec.family in CPU_FAMILIES else gpu.default_rules()
     return [dlight.ApplyDefaultSchedule(*rules)]
+
+
+def register_intrinsics() -> None:
+    """Register every tensor intrinsic our schedules tensorize with (each module's once).
+
+    A tuning record's trace names its intrinsics: reading records in a
+    process that has not scheduled such a kernel yet needs them registered,
+    or the records do not parse (and would be taken for damaged lines).
+    """
+    from tvm_shuffle.schedules import bf16, int8, int8_dense
+
+    for module in (bf16, int8, int8_dense):
+        module.register_intrinsics()
 
 
 def cpu_rules() -> tuple:

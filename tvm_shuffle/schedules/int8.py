@@ -18,8 +18,8 @@ stores the quantized input as ``[K / 4, pixels]`` uint32 words: the u8
 values of four input channels of a pixel in the bytes of one word, one
 32-bit lane of ``vpdpbusd``, built with shifts and ors a vector of pixels at
 a time (a byte-interleaved layout made the quantization scalar). Input
-channels are padded to a multiple of 4 with u8 zeros (a padded channel reads the last real
-weight, which then multiplies zero: the weight packing stays a plain copy).
+channels are padded to a multiple of 4 with u8 zeros, and the weights with
+s8 zeros (the ``int8_weights`` stage).
 
 Stages of the kernel, in order (block names):
 
@@ -171,10 +171,12 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
                             lambda n, k, p: pack_quad(lambda c: read(n, c, p), k, channels, quant), name=QUADS)
     zero = i64(0)
     if channels % QUAD:
-        last = i64(channels - 1)
-        padded_weights = te.compute(shape64(out_channels, quads * QUAD),
-                                    lambda o, c: weight[o, tir.min(c, last), zero, zero], name=WEIGHTS)
-        read_weight = lambda o, c: padded_weights[o, c]  # noqa: E731
+        # 4-D like the parameter: MetaSchedule's layout rewrite maps the parameter's indices through this stage.
+        padded_weights = te.compute(shape64(out_channels, quads * QUAD, 1, 1),
+                                    lambda o, c, h, w: tir.if_then_else(
+                                        c < i64(channels), weight[o, tir.min(c, i64(channels - 1)), h, w],
+                                        tir.const(0, "int8")), name=WEIGHTS)
+        read_weight = lambda o, c: padded_weights[o, c, zero, zero]  # noqa: E731
     else:
         read_weight = lambda o, c: weight[o, c, zero, zero]  # noqa: E731
     k = te.reduce_axis((i64(0), i64(quads)), "rk")
@@ -365,14 +367,17 @@ def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> No
     layout-rewrite preprocessing, which the build runs once on the constant
     and MetaSchedule's measurements strip (it must be a plain copy). Channels
     padded to quads: the padding stage itself, packed on every call (its
-    reads are no plain copy; ShuffleNet's such kernels have 58 x 60 weights).
+    reads are no plain copy; ShuffleNet's such kernels have 58 x 60 weights),
+    4-D like the parameter so that MetaSchedule's own layout rewrite of the
+    parameter maps all four of its indices.
     """
     if native:
         layout = lambda o, c: (o // oc, c // QUAD, o % oc, c % QUAD)  # noqa: E731
     else:
         layout = lambda o, c: (o // oc, c, o % oc)  # noqa: E731 - one weight per step
     if found.weights is not None:
-        sch.transform_layout(found.weights, ("write", 0), layout, assume_injective_transform=True)
+        sch.transform_layout(found.weights, ("write", 0), lambda o, c, h, w: layout(o, c),
+                             assume_injective_transform=True)
         return
     weight = next(index for index, read in enumerate(sch.get(found.conv).reads) if str(read.source.dtype) == "int8")
     packed = sch.cache_read(found.conv, weight, "global")

@@ -445,6 +445,9 @@ def _parse(workload_data: bytes, record_data: bytes, *, final: bool) -> _Content
     Records refer to workloads by line number; the readable lines are
     renumbered as the rewritten workload file will hold them.
     """
+    from tvm_shuffle import schedules
+
+    schedules.register_intrinsics()  # records of our tensorized kernels name them: unknown, a trace does not parse
     contents = _Contents()
     workloads: list = []  # per workload line, numbered as records refer to them: its Workload, or None
     renumbered: dict[int, int] = {}
