@@ -136,7 +136,8 @@ def run_copies(func: "tvm.tirx.PrimFunc", inputs: list) -> list | None:
     """A kernel of copy blocks (``out[g(v)] = in[f(v)]``, layout rewrites) evaluated in numpy, or None.
 
     ``func`` takes its inputs, then its outputs (how ``SplitLayoutRewritePreproc``
-    writes it). What no block writes (the padding of a partial tile) is zero.
+    writes it). What no block writes (the padding of a partial tile) is zero;
+    a padding block (``if_then_else(in range, in[f(v)], constant)``) is a copy too.
     None when the kernel is anything else; the build then keeps the call.
     """
     import numpy as np
@@ -147,19 +148,24 @@ def run_copies(func: "tvm.tirx.PrimFunc", inputs: list) -> list | None:
     sch = Schedule(func)
     for block in (sch.get(b) for b in child_blocks(sch)):
         store = block.body
-        if not (isinstance(store, tir.BufferStore) and isinstance(store.value, tvm_compat.TensorLoad)
-                and all(int(iv.dom.min) == 0 for iv in block.iter_vars)):
+        load, padding = _padded_load(store.value) if isinstance(store, tir.BufferStore) else (None, None)
+        if not (isinstance(load, tvm_compat.TensorLoad) and all(int(iv.dom.min) == 0 for iv in block.iter_vars)):
             return None
-        source = _position(sources, store.value.source)
+        source = _position(sources, load.source)
         target = _position(targets_, store.buffer)
         if source is None or target is None:
             return None
         domain = tuple(int(iv.dom.extent) for iv in block.iter_vars)
         grid = dict(zip((iv.var for iv in block.iter_vars), np.indices(domain, sparse=True)))
         try:
-            read = tuple(np.broadcast_to(_index(i, grid), domain) for i in store.value.indices)
+            read = tuple(np.broadcast_to(_index(i, grid), domain) for i in load.indices)
             write = tuple(np.broadcast_to(_index(i, grid), domain) for i in store.indices)
-            outputs[target][write] = inputs[source][read]
+            if padding is not None:  # read in range everywhere; only where the condition holds is the read used
+                read = tuple(np.clip(index, 0, extent - 1) for index, extent in zip(read, inputs[source].shape))
+            values = inputs[source][read]
+            if padding is not None:
+                values = np.where(np.broadcast_to(_index(padding[0], grid), domain), values, padding[1])
+            outputs[target][write] = values
         except (KeyError, IndexError, TypeError):  # an index we cannot evaluate, or one out of bounds
             return None
     return outputs
@@ -169,8 +175,18 @@ def _position(buffers: list, buffer) -> int | None:
     return next((i for i, candidate in enumerate(buffers) if candidate.same_as(buffer)), None)
 
 
+def _padded_load(value) -> tuple:
+    """``(load, None)``, or ``(load, (condition, constant))`` for ``if_then_else(condition, load, constant)``."""
+    if isinstance(value, tvm.ir.expr.Call) and value.op.name.endswith("if_then_else") \
+            and isinstance(value.args[2], (tir.IntImm, tir.FloatImm)):
+        return value.args[1], (value.args[0], value.args[2].value)
+    return value, None
+
+
 _INDEX_OPS = {tir.Add: operator.add, tir.Sub: operator.sub, tir.Mul: operator.mul,
-              tir.FloorDiv: operator.floordiv, tir.FloorMod: operator.mod, tir.Min: np.minimum}
+              tir.FloorDiv: operator.floordiv, tir.FloorMod: operator.mod, tir.Min: np.minimum,
+              tir.LT: operator.lt, tir.LE: operator.le, tir.GT: operator.gt, tir.GE: operator.ge,
+              tir.And: np.logical_and}
 
 
 def _index(expr, grid: dict):
