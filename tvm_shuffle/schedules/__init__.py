@@ -16,7 +16,8 @@ Laid out like TVM's dlight rules:
   ``--quantize int8`` (AVX-512 VNNI dot products on x86);
 * :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
   thread a pixel of one or a few channels) and gives every other kernel
-  ``tvm.s_tir.dlight``'s GPU rules.
+  ``tvm.s_tir.dlight``'s GPU rules; :mod:`.int8_gpu` the int8 kernels
+  with ``dp4a``.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def register_intrinsics() -> None:
     process that has not scheduled such a kernel yet needs them registered,
     or the records do not parse (and would be taken for damaged lines).
     """
-    from tvm_shuffle.schedules import bf16, int8, int8_dense
+    from tvm_shuffle.schedules import bf16, int8, int8_dense, int8_gpu
 
-    for module in (bf16, int8, int8_dense):
+    for module in (bf16, int8, int8_dense, int8_gpu):
         module.register_intrinsics()
 
 
