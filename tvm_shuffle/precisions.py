@@ -56,9 +56,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               tolerance=2e-2),
     Precision("int8",
               "post-training static int8: 1x1 convolutions and the classifier with s8 weights (per output channel) "
-              "and u8 inputs (per tensor, calibrated), s32 sums (AVX-512 VNNI vpdpbusd on x86); depthwise "
-              "convolutions, the stem and pooling stay fp32",
-              native={"x86": ("avx512vnni",),
+              "and u8 inputs (per tensor, calibrated), s32 sums (AVX-512 VNNI vpdpbusd on x86, sdot/usdot on "
+              "aarch64 with dotprod/i8mm); depthwise convolutions, the stem and pooling stay fp32",
+              native={"x86": ("avx512vnni",), "arm": ("dotprod",),
                       "cuda": ()},  # dp4a: sm_61 and later, so every GPU that CUDA 13 builds for (sm_75+)
               fallback="the same integer arithmetic as 32-bit multiply-adds on widened u8/s8 values (exact, slower)",
               tolerance=5e-2, fallback_mode="integer", calibrated=True),

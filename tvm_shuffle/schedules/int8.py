@@ -63,6 +63,7 @@ import hashlib
 import numpy as np
 
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.schedules import int8_arm
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
 from tvm_shuffle.schedules.bf16 import flat_input, i64, register_tile, shape64, vectorize_divisor
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
@@ -262,6 +263,8 @@ class PointwiseInt8(dlight.ScheduleRule):
         if has_vnni(target):
             register_intrinsics()
             _tile(sch, found, self.tiles, lanes=LANES, native=True)
+        elif int8_arm.has_dotprod(target):
+            int8_arm.schedule_pointwise(sch, found, target)
         else:
             _tile(sch, found, Tiles(accumulators=8, tile_vectors=self.tiles.tile_vectors), lanes=8, native=False)
         return sch

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 from tvm_shuffle.schedules.analysis import child_blocks
+from tvm_shuffle.schedules import int8_arm
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, i64, shape64
 from tvm_shuffle.schedules.int8 import QUAD, InputQuant, has_vnni, pack_quad, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
@@ -108,6 +109,9 @@ class DenseInt8(dlight.ScheduleRule):
         sums = blocks[1]  # after the quantized input, computed first and whole (a row of quads per image)
         for block in reversed(blocks[3:]):
             sch.reverse_compute_inline(block)
+        if int8_arm.has_dotprod(target):
+            int8_arm.schedule_dense(sch, sums, target)
+            return sch
         native = has_vnni(target)
         n, o, k, j = sch.get_loops(sums)
         padded_out = int(sch.get(o).extent)
