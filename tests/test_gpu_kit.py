@@ -1,9 +1,9 @@
 """The GPU benchmark kit (benchmarks/gpu): CUDA bundles with CUDA graphs, packed and self-checked without a GPU.
 
-The kit is packed once for ShuffleNetV2 0.5x at 1x3x64x64 (batch 1): its
-bundle must hold device code, never CUDA source; ``run_gpu.py --self-check``
-must pass on it here, fail on a damaged copy, and ``run_gpu.py --out`` must
-refuse, in one line, to run without a GPU.
+The kit is packed once for ShuffleNetV2 0.5x at 1x3x64x64 (batch 1), in
+fp32 and in int8: its bundles must hold device code, never CUDA source;
+``run_gpu.py --self-check`` must pass on it here, fail on a damaged copy,
+and ``run_gpu.py --out`` must refuse, in one line, to run without a GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tvm_shuffle import cuda_codegen
+from tvm_shuffle import cuda_codegen, precisions
 
 GPU_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu"
 NVCC = shutil.which("nvcc") or shutil.which(os.path.join(cuda_codegen.DEFAULT_CUDA_PATH, "bin", "nvcc"))
@@ -77,7 +77,8 @@ def test_cuda_bundle_replays_its_network_as_one_cuda_graph(tmp_path):
 def kit(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "kit"
     code = pack.main(["--out", str(out), "--models", "shufflenet_v2_x0_5", "--batches", "1", "--input-size", "64",
-                      "--work-dir", str(out.parent / "no-records"), "--no-self-check"])
+                      "--int8", "shufflenet_v2_x0_5:1", "--work-dir", str(out.parent / "no-records"),
+                      "--no-self-check"])
     assert code == 0
     return out
 
@@ -92,17 +93,41 @@ def test_pack_writes_a_small_kit_of_device_code(kit):
     info = json.loads((kit / "kit.json").read_text())
     total = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
     assert total < 60e6
-    (bundle,) = info["bundles"]
+    bundle, int8 = info["bundles"]
     assert bundle["name"] == "shufflenet_v2_x0_5_b1" and bundle["input_shape"] == [1, 3, 64, 64]
-    assert bundle["schedules"] == "default schedules"
+    assert bundle["schedules"] == "default schedules" and bundle["precision"]["name"] == "fp32"
     assert bundle["device_code"] == {"fatbin": True, "cuda_source": False, "cuda_graph": True}
     assert bundle["launch_plan"]["graph_launches"] == 1
     for rel in ("run_gpu.py", "app/classify", info["ffi_wheel"], bundle["weights"], bundle["expected"],
                 "py/tvm_shuffle/models.py", f"{bundle['dir']}/model.so", f"{bundle['dir']}/manifest.json"):
         assert rel in info["files"] or rel in info["copies"], rel
+    # The int8 bundle: dp4a kernels (native), the synthetic calibration set, the int8 tolerance to check it with.
+    assert int8["name"] == "shufflenet_v2_x0_5_b1_int8" and int8["weights"] == bundle["weights"]
+    assert int8["precision"]["name"] == "int8" and int8["precision"]["mode"] == "native"
+    assert int8["precision"]["tolerance"] == precisions.get("int8").tolerance
+    assert int8["precision"]["calibration"]["source"] == "synthetic" and int8["batchnorm_seed"] == pack.BN_SEED
+    assert int8["device_code"] == {"fatbin": True, "cuda_source": False, "cuda_graph": True}
+    assert int8["launch_plan"]["graph_launches"] == 1
+    assert int8["launch_plan"]["kernels_in_graphs"] + int8["launch_plan"]["kernels_outside_graphs"] == \
+        bundle["launch_plan"]["kernels_in_graphs"] + bundle["launch_plan"]["kernels_outside_graphs"]
+    assert int8["expected_x86_int8"] in info["files"] and b"__dp4a" not in (kit / int8["dir"] / "model.so").read_bytes()
     assert "-cp312-" in info["ffi_wheel"] and info["tvm_ffi"] in info["ffi_wheel"]
     # The runtime libraries are stored once, and put back in place by run_gpu.py.
     assert info["copies"][f"{bundle['dir']}/lib/libtvm_ffi.so"] == info["copies"]["app/libtvm_ffi.so"]
+
+
+@pytest.mark.slow
+def test_the_int8_network_is_within_the_int8_tolerance_on_the_cpu(kit):
+    """What the GPU run checks the int8 bundle against: the int8 network's error, here from its x86 build."""
+    import numpy as np
+
+    info = json.loads((kit / "kit.json").read_text())
+    int8 = info["bundles"][1]
+    ours, fp32 = np.load(kit / int8["expected_x86_int8"]), np.load(kit / int8["expected"])
+    check = run_gpu.compare(ours, fp32, int8["precision"]["tolerance"])
+    assert check["ok"] and 1e-4 < check["rel_err"], check  # int8 error shows (randomized BatchNorm), within tolerance
+    # The randomized network differs from the zoo's: its PyTorch logits are the fp32 bundle's no more.
+    assert not np.allclose(fp32, np.load(kit / info["bundles"][0]["expected"]), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -113,6 +138,7 @@ def test_self_check_passes_here(kit):
     assert lines[-1] == "self-check passed"
     assert all(line.startswith("ok ") for line in lines[:-1]), done.stdout
     assert any("C++ app" in line for line in lines) and any("PyTorch on the CPU" in line for line in lines)
+    assert any(line.startswith("ok   shufflenet_v2_x0_5_b1_int8: PyTorch on the CPU") for line in lines), done.stdout
 
 
 @pytest.mark.slow
@@ -149,6 +175,8 @@ def test_run_gpu_needs_out_or_self_check(capsys):
     (["--arch", "sm_12"], "--arch sm_12 has no CUDA preset; valid: sm_75, sm_80"),
     (["--batches", "0"], "--batches '0' must be positive integers"),
     (["--models", "resnet50"], "unknown model(s) resnet50"),
+    (["--int8", "shufflenet_v2_x0_5"], "--int8 'shufflenet_v2_x0_5': each item is MODEL:BATCH"),
+    (["--int8", "resnet50:1"], "unknown model(s) resnet50"),
 ])
 def test_pack_rejects_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
     assert pack.main(["--out", str(tmp_path / "kit"), *argv]) == 2
@@ -183,6 +211,32 @@ def test_markdown_of_results_names_every_engine():
     assert "| tvm_shuffle (C++ app, with host copies) | 1.000 | 2.00x [1.80, 2.10] | 59 | 3 |" in text
     assert "OUTPUT MISMATCH" in text and "skipped: too little of the time budget" in text
     assert "Anchor: TensorRT fp32 on a T4 (mmdeploy), 1.37 ms." in text
+
+
+def test_reduced_precision_rows_are_checked_by_relative_error_and_say_so():
+    import numpy as np
+
+    reference = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    close = reference * 1.02  # 2 % off everywhere: far past 1e-3, within the int8 tolerance
+    assert not run_gpu.compare(close, reference)["ok"]
+    check = run_gpu.compare(close, reference, precisions.get("int8").tolerance)
+    assert check["ok"] and abs(check["rel_err"] - 0.02) < 1e-6 and check["top1_agreement"] == 1.0
+    assert not run_gpu.compare(reference * 1.2, reference, precisions.get("int8").tolerance)["ok"]
+    assert run_gpu._check(close, reference, 0.05, x86_int8=close)["vs_x86_int8"]["rel_err"] == 0.0
+    row = {"model": "shufflenet_v2_x1_0", "batch": 1, "input_shape": [1, 3, 224, 224], "schedules": "default schedules",
+           "precision": {"name": "int8", "mode": "native", "tolerance": 0.05},
+           "launch_plan": {"kernels_outside_graphs": 2, "graph_launches": 1, "kernels_in_graphs": 57,
+                           "launches_per_inference": 3},
+           "reference_vs_kit_cpu": {"ok": True, "max_abs_err": 1e-6},
+           "engines": [{"engine": "tvm_shuffle int8 (Python, CUDA graph)", "median_ms": 0.5, "note": "",
+                        "check": {**check, "vs_x86_int8": {"rel_err": 1e-5}}, "launches": None}], "skipped": []}
+    text = run_gpu.markdown({"machine": {"gpu": "H200", "compute_capability": "sm_90", "sms": 132, "torch": "2.9",
+                                         "cuda": "13.0", "cudnn": 1, "driver": "580"},
+                             "kit": {"built_at": "now", "target": "cuda-sm_90", "tvm": "0.27"}, "rounds": 5,
+                             "finished_at": "now", "bundles": [row]})
+    assert "## shufflenet_v2_x1_0, batch 1 (1x3x224x224), int8 (native), tvm_shuffle default schedules" in text
+    assert "relative logit error at most 0.05" in text
+    assert "| tvm_shuffle int8 (Python, CUDA graph) | 0.500 | – | – | – | 0.080000 | 1.00 | 0.020000 | 0.000010 |" in text
 
 
 PYTHON_PATH_CHECK = """

@@ -10,6 +10,13 @@ at most ``--max-mb`` (60) MB:
 * ``bundles/<model>_b<batch>/``: CUDA bundles (device code, CUDA graphs) of
   each model at each batch, tuned where the work directory holds CUDA
   records for it, else the default schedules (``kit.json`` says which);
+* ``bundles/<model>_b<batch>_int8/``: the ``--int8`` models (default
+  ShuffleNetV2 1.0x at batch 1) built with ``precision="int8"`` (dp4a
+  kernels), calibrated on the synthetic set, from the zoo network with
+  randomized BatchNorm (``models.randomize_batchnorm``, seed ``BN_SEED``:
+  the zoo's untrained logits barely depend on the convolutions, so int8
+  error would not show), with ``expected/<bundle>.x86_int8.npy``, the same
+  int8 network's logits from its x86 build here;
 * ``weights/<model>.npz`` and ``py/tvm_shuffle/models.py``: the same network
   for PyTorch, with ``expected/<bundle>.npy``, its CPU logits on the seeded
   input, to check the weights arrive whole;
@@ -50,7 +57,10 @@ KIT_VERSION = 1
 MODELS = ("shufflenet_v2_x1_0", "shufflenet_v2_x0_5")
 BATCHES = (1, 64)
 INPUT_SEED = 0
-MAX_MB = 60
+INT8_BUNDLES = "shufflenet_v2_x1_0:1"  # --int8 default: MODEL:BATCH pairs also built in int8
+BN_SEED = 0  # models.randomize_batchnorm's seed for the int8 bundles' network (run_gpu.py applies the same)
+# 64 MiB (67.1 MB) travel to the GPU machine in all, the repository's own files (1.5 MB) included.
+MAX_MB = 62.5
 # The zoo's PyTorch definition and what it imports: pure torch, copied into the kit as they are.
 MODEL_SOURCES = ("__init__.py", "models.py", "defaults.py", "errors.py")
 FFI_DIST = "apache-tvm-ffi"
@@ -62,8 +72,29 @@ def log(message: str) -> None:
     print(f"[pack] {message}", file=sys.stderr, flush=True)
 
 
-def bundle_name(model: str, batch: int) -> str:
-    return f"{model}_b{batch}"
+def bundle_name(model: str, batch: int, precision: str = "fp32") -> str:
+    return f"{model}_b{batch}" + ("" if precision == "fp32" else f"_{precision}")
+
+
+def parse_int8(text: str) -> tuple[tuple[str, int], ...]:
+    """``--int8``: comma-separated MODEL:BATCH pairs, or ``none``."""
+    if text.strip().lower() == "none":
+        return ()
+    pairs = []
+    for item in text.split(","):
+        model, _, batch = item.partition(":")
+        if not model or not batch.isdigit() or int(batch) <= 0:
+            raise UserError(f"--int8 {text!r}: each item is MODEL:BATCH (e.g. shufflenet_v2_x1_0:1), or none")
+        pairs.append((model, int(batch)))
+    return tuple(pairs)
+
+
+def network(model: str, randomized_bn: bool):
+    """The zoo network with its seeded weights; BatchNorm randomized (seed ``BN_SEED``) for the int8 bundles."""
+    from tvm_shuffle import models
+
+    module = models.build_model(model)
+    return models.randomize_batchnorm(module, BN_SEED) if randomized_bn else module
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -78,26 +109,49 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------- the one build function
 
-def build_bundle(model: str, spec, input_shape: Sequence[int], out_dir: Path, work_dir: Path | None) -> str:
-    """Build ``model`` for ``spec`` and save its bundle to ``out_dir``; returns how it was scheduled.
+def build_bundle(model: str, spec, input_shape: Sequence[int], out_dir: Path, work_dir: Path | None,
+                 precision: str = "fp32") -> tuple[str, dict[str, Any]]:
+    """Build ``model`` for ``spec`` and save its bundle to ``out_dir``; returns how it was scheduled, and its manifest.
 
     Tuned when ``work_dir`` holds CUDA records for this model, target and
-    input shape, else TVM's and tvm_shuffle's default GPU schedules.
+    input shape, else TVM's and tvm_shuffle's default GPU schedules. int8:
+    the network of :func:`network` with randomized BatchNorm, calibrated on
+    the synthetic set (``quantize.load_calibration(None, ...)``).
     """
+    import warnings
+
     import tvm_shuffle as ts
     from tvm_shuffle.errors import MissingRecords
 
+    source = model if precision == "fp32" else network(model, randomized_bn=True)
+    options = {"input_shape": input_shape, "quiet": True, "precision": precision}
     compiled, label = None, "default schedules"
-    if work_dir is not None:
-        try:
-            compiled = ts.compile(model, spec, input_shape=input_shape, work_dir=work_dir, quiet=True)
-            label = f"tuned ({compiled.records['trials']} trials in {compiled.records['database']})"
-        except MissingRecords:
-            compiled = None
-    if compiled is None:
-        compiled = ts.compile(model, spec, input_shape=input_shape, quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no calibration set: the synthetic one, as intended (kit.json says so)
+        if work_dir is not None:
+            try:
+                compiled = ts.compile(source, spec, work_dir=work_dir, **options)
+                label = f"tuned ({compiled.records['trials']} trials in {compiled.records['database']})"
+            except MissingRecords:
+                compiled = None
+        if compiled is None:
+            compiled = ts.compile(source, spec, **options)
     compiled.save(out_dir)
-    return label
+    return label, compiled.manifest
+
+
+def plan(models: Sequence[str], batches: Sequence[int], int8: Sequence[tuple[str, int]]) -> list[tuple[str, int, str]]:
+    """(model, batch, precision) of every bundle, in the order run_gpu.py runs them.
+
+    An int8 bundle comes right after the fp32 bundle of its model and batch
+    (a short run reaches it before the batch-64 ones), else at the end.
+    """
+    bundles = [(model, batch, "fp32") for model in models for batch in batches]
+    for model, batch in int8:
+        after = (model, batch, "fp32")
+        at = bundles.index(after) + 1 if after in bundles else len(bundles)
+        bundles.insert(at, (model, batch, "int8"))
+    return bundles
 
 
 # ---------------------------------------------------------------- what the bundles hold
@@ -168,17 +222,36 @@ def seeded_input(shape: Sequence[int], seed: int = INPUT_SEED):
     return np.random.default_rng(seed).standard_normal(tuple(shape)).astype("float32")
 
 
-def expected_logits(model: str, input_shape: Sequence[int], path: Path) -> None:
+def expected_logits(model: str, input_shape: Sequence[int], path: Path, randomized_bn: bool = False) -> None:
     """PyTorch's CPU logits of the zoo model on the seeded input, for the GPU side to compare with."""
     import numpy as np
     import torch
 
-    from tvm_shuffle import models
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
-        logits = models.build_model(model)(torch.from_numpy(seeded_input(input_shape)))
+        logits = network(model, randomized_bn)(torch.from_numpy(seeded_input(input_shape)))
     np.save(path, logits.numpy())
+
+
+def x86_int8_logits(model: str, input_shape: Sequence[int], path: Path) -> None:
+    """The int8 network's logits from its build for this CPU (same graph, calibration and integer sums).
+
+    On the GPU, the int8 bundle's logits differ from these only by the
+    rounding of its fp32 kernels (and the requantizations that flips):
+    a check of the dp4a kernels apart from the error of int8 itself.
+    """
+    import warnings
+
+    import numpy as np
+
+    import tvm_shuffle as ts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = ts.compile(network(model, randomized_bn=True), "x86", input_shape=input_shape, precision="int8",
+                              quiet=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, compiled(seeded_input(input_shape))[0])
 
 
 # ---------------------------------------------------------------- the C++ app, the wheel, the runner
@@ -304,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes (default 1,64)")
     parser.add_argument("--input-size", type=int, default=224, metavar="PIXELS", help="image side (default 224)")
+    parser.add_argument("--int8", default=INT8_BUNDLES, metavar="MODEL:BATCH,...",
+                        help=f"also built in int8, calibrated on the synthetic set (default {INT8_BUNDLES}; none: no int8)")
     parser.add_argument("--work-dir", type=Path, default=Path("work"),
                         help="tuning records to build from where they exist (default ./work)")
     parser.add_argument("--ffi-wheel", type=Path, metavar="WHEEL", help="an apache-tvm-ffi cp312 wheel to carry "
@@ -317,12 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     batches = parse_batches(args.batches)
+    int8 = parse_int8(args.int8)
     if args.input_size < 16:
         raise UserError(f"--input-size {args.input_size} is too small (16 or more)")
     from tvm_shuffle import models
 
     names = [m for m in args.models.split(",") if m]
-    unknown = [m for m in names if m not in models.MODELS]
+    unknown = [m for m in names + [m for m, _ in int8] if m not in models.MODELS]
     if not names or unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
                          f"see python -m tvm_shuffle.models")
@@ -333,25 +409,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_out(kit)
     start = time.perf_counter()
 
+    from tvm_shuffle import precisions
+
     bundles = []
-    for model in names:
-        save_weights(model, kit / "weights" / f"{model}.npz")
-        for batch in batches:
-            shape = (batch, 3, args.input_size, args.input_size)
-            name = bundle_name(model, batch)
-            log(f"building {name} for {spec.name} ({'x'.join(map(str, shape))})")
-            t = time.perf_counter()
-            label = build_bundle(model, spec, shape, kit / "bundles" / name, args.work_dir)
-            library = kit / "bundles" / name / "model.so"
-            code = device_code(library)
-            if not code["fatbin"] or code["cuda_source"]:
-                raise UserError(f"{library} holds {'CUDA source' if code['cuda_source'] else 'no fatbin'}")
-            expected_logits(model, shape, kit / "expected" / f"{name}.npy")
-            bundles.append({"name": name, "dir": f"bundles/{name}", "model": model, "batch": batch,
-                            "input_shape": list(shape), "schedules": label, "weights": f"weights/{model}.npz",
-                            "expected": f"expected/{name}.npy", "device_code": code,
-                            "launch_plan": launch_plan(library)})
-            log(f"  {label}, {library.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.0f} s")
+    for model, batch, precision in plan(names, batches, int8):
+        if not (kit / "weights" / f"{model}.npz").exists():
+            save_weights(model, kit / "weights" / f"{model}.npz")
+        shape = (batch, 3, args.input_size, args.input_size)
+        name = bundle_name(model, batch, precision)
+        log(f"building {name} for {spec.name} ({'x'.join(map(str, shape))})")
+        t = time.perf_counter()
+        reduced = precision != "fp32"
+        label, manifest = build_bundle(model, spec, shape, kit / "bundles" / name, args.work_dir, precision)
+        library = kit / "bundles" / name / "model.so"
+        code = device_code(library)
+        if not code["fatbin"] or code["cuda_source"]:
+            raise UserError(f"{library} holds {'CUDA source' if code['cuda_source'] else 'no fatbin'}")
+        expected_logits(model, shape, kit / "expected" / f"{name}.npy", randomized_bn=reduced)
+        entry = {"name": name, "dir": f"bundles/{name}", "model": model, "batch": batch,
+                 "input_shape": list(shape), "schedules": label, "weights": f"weights/{model}.npz",
+                 "expected": f"expected/{name}.npy", "device_code": code, "launch_plan": launch_plan(library),
+                 "precision": {**manifest["precision"],
+                               **({"tolerance": precisions.get(precision).tolerance} if reduced else {})}}
+        if reduced:
+            entry["batchnorm_seed"] = BN_SEED
+            x86_int8_logits(model, shape, kit / "expected" / f"{name}.x86_int8.npy")
+            entry["expected_x86_int8"] = f"expected/{name}.x86_int8.npy"
+        bundles.append(entry)
+        log(f"  {label}, {library.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.0f} s")
 
     log("building the C++ example app")
     app = build_app(kit / bundles[0]["dir"], kit / "app")

@@ -20,6 +20,13 @@ graphs). All in fp32: TF32 is off. A call is timed from its start until the
 GPU has finished it (``torch.cuda.synchronize``). Each engine's output is
 checked against PyTorch eager NCHW on the same input first, and kernel
 launches per inference are counted with ``torch.profiler``.
+
+A reduced-precision bundle (``kit.json``'s ``precision``: int8, dp4a
+kernels) is checked against fp32 PyTorch eager by its relative logit error
+(``precisions.get("int8").tolerance``, carried in ``kit.json``) and against
+the same int8 network's x86 build (``expected_x86_int8``), and timed against
+PyTorch eager in fp32 and fp16 (NCHW, channels_last) and torch.compile in
+fp16 with CUDA graphs (the fp32 torch.compile rows are the fp32 bundle's).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ KIT_JSON = "kit.json"
 KDL_CPU, KDL_CUDA = 1, 2
 POOLED_ALLOCATOR = 2
 TOLERANCE = 1e-3  # atol = rtol on the logits, as tests/test_zoo.py checks the zoo against PyTorch
+FP16_TOLERANCE = 1e-2  # relative logit error of PyTorch in fp16 against fp32 (the reduced-precision rows)
 DEFAULT_BUDGET_S = 420  # 7 minutes: what is left when it runs out is skipped, and says so
 COMPILE_RESERVE_S = 75  # a torch.compile engine starts only with this much of the budget left (or 1.5x the longest so far)
 DEFAULT_ROUNDS = 5
@@ -150,6 +158,8 @@ def zoo_module(kit: Path, info: dict, bundle: dict):
     module = models.build_model(bundle["model"])
     with np.load(kit / bundle["weights"]) as weights:
         module.load_state_dict({name: torch.from_numpy(weights[name]) for name in weights.files}, strict=True)
+    if bundle.get("batchnorm_seed") is not None:  # the int8 bundles' network (pack.network)
+        models.randomize_batchnorm(module, bundle["batchnorm_seed"])
     return module.eval()
 
 
@@ -160,16 +170,30 @@ def seeded_input(shape: Sequence[int], seed: int):
     return np.random.default_rng(seed).standard_normal(tuple(shape)).astype("float32")
 
 
-def compare(output, reference) -> dict[str, Any]:
-    """Max abs error, top-1 agreement and whether ``output`` is within TOLERANCE of ``reference`` (numpy)."""
+def compare(output, reference, relative: float | None = None) -> dict[str, Any]:
+    """Max abs error, relative error, top-1 agreement, and whether ``output`` is close to ``reference`` (numpy).
+
+    Close: within TOLERANCE (atol = rtol) with the same top-1, or, given
+    ``relative`` (a reduced precision's tolerance), a relative logit error
+    ``|output - reference| / |reference|`` (2-norms) of at most that.
+    """
     import numpy as np
 
     output, reference = np.asarray(output, dtype="float32"), np.asarray(reference, dtype="float32")
     if output.shape != reference.shape:
         return {"ok": False, "reason": f"shape {output.shape} != {reference.shape}"}
     top1 = float((output.argmax(-1) == reference.argmax(-1)).mean())
-    return {"ok": bool(np.allclose(output, reference, atol=TOLERANCE, rtol=TOLERANCE)) and top1 == 1.0,
-            "max_abs_err": float(np.abs(output - reference).max()), "top1_agreement": top1}
+    rel_err = float(np.linalg.norm(output - reference) / max(float(np.linalg.norm(reference)), 1e-30))
+    ok = (rel_err <= relative if relative is not None
+          else bool(np.allclose(output, reference, atol=TOLERANCE, rtol=TOLERANCE)) and top1 == 1.0)
+    return {"ok": bool(ok), "max_abs_err": float(np.abs(output - reference).max()), "rel_err": rel_err,
+            "top1_agreement": top1, **({"tolerance": relative} if relative is not None else {})}
+
+
+def reduced_precision(bundle: dict) -> dict | None:
+    """The bundle's precision (name, mode, tolerance) when it is not fp32 (older kits: none)."""
+    precision = bundle.get("precision")
+    return precision if precision and precision.get("name", "fp32") != "fp32" else None
 
 
 # ---------------------------------------------------------------- tvm_shuffle's Python path
@@ -307,8 +331,9 @@ class Engine:
     """One way of running a bundle's network: ``call()`` runs one inference on the seeded input, on the GPU."""
 
     def __init__(self, name: str, call: Callable[[], Any] | None = None, *, timed: Callable[[int], float] | None = None,
-                 note: str = ""):
+                 note: str = "", tolerance: float | None = None):
         self.name, self.call, self._timed, self.note = name, call, timed, note
+        self.tolerance = tolerance  # relative logit error allowed against fp32 (reduced precisions); None: TOLERANCE
         self.rounds: list[float] = []
         self.check: dict[str, Any] | None = None
         self.launches: dict[str, float] | None = None
@@ -319,26 +344,42 @@ class Engine:
         return statistics.median(sync_time(self.call, torch) for _ in range(repeat))
 
 
-def torch_engines(module, x, torch, deadline: float) -> tuple[list[Engine], list[dict]]:
-    """PyTorch eager (NCHW, channels_last) and torch.compile (default, reduce-overhead) on ``x``; skipped ones listed."""
+def torch_engines(module, x, torch, deadline: float, fp16: bool = False) -> tuple[list[Engine], list[dict]]:
+    """PyTorch eager (NCHW, channels_last) and torch.compile (default, reduce-overhead) on ``x``; skipped ones listed.
+
+    ``fp16`` (the reduced-precision bundles' rows): eager in fp32 and fp16,
+    and torch.compile in fp16 with CUDA graphs only.
+    """
     engines, skipped = [], []
     eager = module.cuda()
     engines.append(Engine("pytorch eager (cuDNN, NCHW)", lambda: eager(x)))
     last = _copy_module(module).to(memory_format=torch.channels_last).cuda()
     x_last = x.contiguous(memory_format=torch.channels_last)
     engines.append(Engine("pytorch eager (cuDNN, channels_last)", lambda: last(x_last)))
-    for mode, name in ((None, "torch.compile (default)"), ("reduce-overhead", "torch.compile (reduce-overhead: CUDA graphs)")):
+    compiles = [(None, "torch.compile (default)", module, x, None),
+                ("reduce-overhead", "torch.compile (reduce-overhead: CUDA graphs)", module, x, None)]
+    if fp16:
+        half, x_half = _copy_module(module).half().cuda(), x.half()
+        engines.append(Engine("pytorch eager fp16 (cuDNN, NCHW)", lambda: half(x_half), tolerance=FP16_TOLERANCE))
+        half_last = _copy_module(module).half().to(memory_format=torch.channels_last).cuda()
+        x_half_last = x_half.contiguous(memory_format=torch.channels_last)
+        engines.append(Engine("pytorch eager fp16 (cuDNN, channels_last)", lambda: half_last(x_half_last),
+                              tolerance=FP16_TOLERANCE))
+        compiles = [("reduce-overhead", "torch.compile fp16 (reduce-overhead: CUDA graphs)", _copy_module(module).half(),
+                     x_half, FP16_TOLERANCE)]
+    for mode, name, source, inputs, tolerance in compiles:
         if time.monotonic() > deadline - max(COMPILE_RESERVE_S, 1.5 * max(_COMPILE_SECONDS, default=0)):
             skipped.append({"engine": name, "reason": "skipped: too little of the time budget left (--budget-s)"})
             continue
         try:
             start = time.perf_counter()
-            compiled = torch.compile(_copy_module(module).cuda(), mode=mode)
+            compiled = torch.compile(_copy_module(source).cuda(), mode=mode)
             for _ in range(3):  # compile, then the warm-up runs reduce-overhead records its graphs in
-                compiled(x)
+                compiled(inputs)
             torch.cuda.synchronize()
             _COMPILE_SECONDS.append(time.perf_counter() - start)
-            engines.append(Engine(name, lambda c=compiled: c(x), note=f"compiled in {_COMPILE_SECONDS[-1]:.0f} s"))
+            engines.append(Engine(name, lambda c=compiled, i=inputs: c(i), tolerance=tolerance,
+                                  note=f"compiled in {_COMPILE_SECONDS[-1]:.0f} s"))
         except Exception as err:  # a failing compiler is a row, not the end of the run
             skipped.append({"engine": name, "reason": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"})
     return engines, skipped
@@ -379,17 +420,23 @@ def run_bundle(kit: Path, info: dict, bundle: dict, *, tvm_ffi, app: Path | None
     module = zoo_module(kit, info, bundle)
     with torch.no_grad():
         reference = module.cuda()(x).float().cpu().numpy()
+    precision = reduced_precision(bundle)
+    tolerance = precision["tolerance"] if precision else None
+    label = f" {precision['name']}" if precision else ""
     row: dict[str, Any] = {"bundle": bundle["name"], "model": bundle["model"], "batch": bundle["batch"],
                            "input_shape": shape, "schedules": bundle["schedules"],
                            "launch_plan": bundle["launch_plan"], "skipped": [],
                            "reference_vs_kit_cpu": compare(reference, np.load(kit / bundle["expected"]))}
+    if precision:
+        row["precision"] = precision
+    x86 = np.load(kit / bundle["expected_x86_int8"]) if bundle.get("expected_x86_int8") else None
     engines: list[Engine] = []
     if tvm_ffi is not None:
         try:
             model = TvmBundle(tvm_ffi, directory)
-            engines.append(Engine("tvm_shuffle (Python, CUDA graph)", lambda: model(x)))
+            engines.append(Engine(f"tvm_shuffle{label} (Python, CUDA graph)", lambda: model(x), tolerance=tolerance))
         except Exception as err:
-            row["skipped"].append({"engine": "tvm_shuffle (Python, CUDA graph)",
+            row["skipped"].append({"engine": f"tvm_shuffle{label} (Python, CUDA graph)",
                                    "reason": f"failed to load: {str(err).splitlines()[0][:200]}"})
     if app is not None:
         x_bin = scratch / f"{bundle['name']}_x.bin"
@@ -397,22 +444,25 @@ def run_bundle(kit: Path, info: dict, bundle: dict, *, tvm_ffi, app: Path | None
         dump = scratch / f"{bundle['name']}_y.bin"
         try:
             run_app(app, directory, x_bin, 1, dump)
-            engine = Engine("tvm_shuffle (C++ app, with host copies)",
-                            timed=lambda repeat: run_app(app, directory, x_bin, repeat))
-            engine.check = compare(np.fromfile(dump, "float32").reshape(reference.shape), reference)
+            engine = Engine(f"tvm_shuffle{label} (C++ app, with host copies)",
+                            timed=lambda repeat: run_app(app, directory, x_bin, repeat), tolerance=tolerance)
+            output = np.fromfile(dump, "float32").reshape(reference.shape)
+            engine.check = _check(output, reference, tolerance, x86)
             engine.launches = {"static": bundle["launch_plan"]}
             engines.append(engine)
         except Exception as err:
-            row["skipped"].append({"engine": "tvm_shuffle (C++ app)", "reason": f"failed: {str(err)[:200]}"})
+            row["skipped"].append({"engine": f"tvm_shuffle{label} (C++ app)", "reason": f"failed: {str(err)[:200]}"})
     with torch.no_grad():
-        found, skipped = torch_engines(module, x, torch, deadline)
+        found, skipped = torch_engines(module, x, torch, deadline, fp16=precision is not None)
         engines += found
         row["skipped"] += skipped
         for engine in engines:
             if engine.call is None:
                 continue
             try:
-                engine.check = compare(engine.call().float().cpu().numpy(), reference)
+                output = engine.call().float().cpu().numpy()
+                engine.check = _check(output, reference, engine.tolerance,
+                                      x86 if engine.name.startswith("tvm_shuffle") else None)
                 engine.launches = count_launches(engine.call, torch)
             except Exception as err:
                 engine.note = f"failed: {str(err).splitlines()[0][:200]}"
@@ -422,6 +472,14 @@ def run_bundle(kit: Path, info: dict, bundle: dict, *, tvm_ffi, app: Path | None
     baseline = next((e for e in engines if e.name.startswith("pytorch eager (cuDNN, NCHW)") and e.rounds), None)
     row["engines"] = [_engine_row(e, baseline) for e in engines]
     return row
+
+
+def _check(output, reference, tolerance: float | None, x86_int8=None) -> dict[str, Any]:
+    """:func:`compare` against fp32 PyTorch; with the int8 network's x86 logits, the error against them too."""
+    check = compare(output, reference, tolerance)
+    if x86_int8 is not None:
+        check["vs_x86_int8"] = {k: v for k, v in compare(output, x86_int8, tolerance).items() if k != "ok"}
+    return check
 
 
 def _engine_row(engine: Engine, baseline: Engine | None) -> dict[str, Any]:
@@ -477,14 +535,21 @@ def markdown(results: dict[str, Any]) -> str:
              "graph launch calls the CPU makes per inference.", ""]
     for row in results["bundles"]:
         plan = row["launch_plan"]
+        precision = row.get("precision")
         lines += [f"## {row['model']}, batch {row['batch']} ({'x'.join(map(str, row['input_shape']))}), "
-                  f"tvm_shuffle {row['schedules']}", "",
+                  + (f"{precision['name']} ({precision.get('mode')}), " if precision else "")
+                  + f"tvm_shuffle {row['schedules']}", "",
                   f"tvm_shuffle's bytecode launches {plan['kernels_outside_graphs']} kernels and "
                   f"{plan['graph_launches']} CUDA graph ({plan['kernels_in_graphs']} kernels) per inference. "
                   f"PyTorch here against the kit's CPU logits: max abs err "
-                  f"{_fmt(row['reference_vs_kit_cpu'].get('max_abs_err'), 6)}.", "",
-                  "| engine | ms | speed-up | kernels | launches | max abs err | top-1 | note |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  f"{_fmt(row['reference_vs_kit_cpu'].get('max_abs_err'), 6)}.", ""]
+        if precision:
+            lines += [f"{precision['name']} with BatchNorm randomized, calibrated on the synthetic set; checked "
+                      f"against fp32 PyTorch eager: relative logit error at most {precision['tolerance']:g} (fp16 "
+                      f"PyTorch: {FP16_TOLERANCE:g}); 'vs x86 int8': against the same int8 network built for the "
+                      "CPU (rounding of the fp32 kernels only).", ""]
+        lines += ["| engine | ms | speed-up | kernels | launches | max abs err | top-1 | rel err | vs x86 int8 | note |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for e in row["engines"]:
             check = e.get("check") or {}
             speedup = (f"{e['speedup_vs_eager']:.2f}x [{e['speedup_range'][0]:.2f}, {e['speedup_range'][1]:.2f}]"
@@ -492,8 +557,9 @@ def markdown(results: dict[str, Any]) -> str:
             kernels, calls = _launch_cells(e.get("launches"))
             lines.append(f"| {e['engine']} | {_fmt(e.get('median_ms'))} | {speedup} | {_fmt(kernels, 0)} | "
                          f"{_fmt(calls, 0)} | {_fmt(check.get('max_abs_err'), 6)} | {_fmt(check.get('top1_agreement'), 2)} | "
+                         f"{_fmt(check.get('rel_err'), 6)} | {_fmt((check.get('vs_x86_int8') or {}).get('rel_err'), 6)} | "
                          f"{'' if check.get('ok', True) else 'OUTPUT MISMATCH; '}{e.get('note') or ''} |")
-        lines += [f"| {s['engine']} | – | – | – | – | – | – | {s['reason']} |" for s in row["skipped"]]
+        lines += [f"| {s['engine']} | – | – | – | – | – | – | – | – | {s['reason']} |" for s in row["skipped"]]
         for model, batch, what, ms in ANCHORS:
             if (row["model"], row["batch"]) == (model, batch):
                 lines += ["", f"Anchor: {what}, {ms} ms."]
