@@ -395,13 +395,34 @@ def schedule_pointwise(sch: Schedule, found, target) -> None:
     vectorize_divisor(sch, sch.get_loops(crop)[-1])
     # The input stages run first, each in its own parallel loop: inside the loop of tiles, the quantization's
     # constants stayed live across the dot products and were spilled there.
-    for block in (found.pad, found.gather, found.quads):
+    for block in (found.pad, found.quads):
         if block is not None:
             sch.parallel(sch.get_loops(block)[1])
     _vectorize_stages(sch, found)
+    if found.gather is not None:
+        _gather_per_source(sch, found.gather)
     if padded * out_channels >= MIN_PARALLEL_WORK and int(sch.get(outer).extent) > 1:
         sch.parallel(outer)
     sch.tensorize(o_in, pointwise_intrin(out_channels // plan.groups, plan.tile, quads, instruction(target)))
+
+
+def _gather_per_source(sch: Schedule, gather) -> None:
+    """The gather of several tensors (a fused channel shuffle) as one parallel loop per source tensor.
+
+    As the fp32 NEON schedules do (:func:`.cpu._planes_per_source`): in one
+    loop over the channels, every source's pointer stays live across the
+    copy and LLVM reloads them from the stack; partitioned at the sources'
+    boundaries, each loop reads one tensor.
+    """
+    from tvm_shuffle.schedules import cpu
+
+    channel = sch.get_loops(gather)[1]
+    extent = int(sch.get(channel).extent)
+    bounds = [0, *cpu._source_cuts(sch, gather), extent]
+    loops = [channel] if len(bounds) == 2 else \
+        sch.loop_partition(channel, [b - a for a, b in zip(bounds, bounds[1:-1])] + [None])
+    for loop in loops:
+        sch.parallel(loop)
 
 
 def _vectorize_stages(sch: Schedule, found) -> None:
