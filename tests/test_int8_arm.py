@@ -193,3 +193,57 @@ def test_int8_runs_under_qemu_with_the_targets_dot_product(emulated, target, ins
     assert relative_error(out, emulated.reference()) < INT8.tolerance
     if instruction:  # the same integers as the A72's multiply-adds: the same logits, bit for bit
         np.testing.assert_array_equal(out, emulated.run("arm-rpi4"))
+
+
+# ---------------------------------------------------------------------------
+# The static code check of an int8 build (report --target arm-rpi5 --quantize int8 without a board)
+
+
+def test_report_quantize_int8_reaches_the_report(monkeypatch, tmp_path):
+    """``report --quantize int8`` builds int8 (its main passed --precision alone, so the flag did nothing)."""
+    from tvm_shuffle import report
+
+    seen = {}
+
+    class Saved:
+        def save(self, out):
+            return []
+
+    def fake_report(model, target, **kwargs):
+        seen.update(kwargs, target=target)
+        return Saved()
+
+    monkeypatch.setattr(report, "report", fake_report)
+    assert report.main(["--model", "shufflenet_v2_x0_5", "--target", "arm-rpi5", "--quantize", "int8",
+                        "--out", str(tmp_path), "--no-zoo-table"]) == 0
+    assert seen["precision"] == "int8" and seen["target"].name == "arm-rpi5"
+
+
+@arm
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="needs binutils-aarch64-linux-gnu")
+def test_the_static_check_of_shufflenet_in_int8_counts_the_dot_products(tmp_path):
+    """ShuffleNetV2 1.0x in int8 on arm-rpi5: every int8 kernel's hot loop is sdot (counted as multiply-accumulates),
+    and no int8 kernel has a vector spill or a scalar FMA in an innermost loop. (About half of them reload one or
+    two base pointers from the stack in a loop of 50-180 instructions, which the check flags: the general
+    registers LLVM gives the loops of a kernel's parallel task.)"""
+    import warnings
+
+    from tvm_shuffle import frontends, quantize
+    from tvm_shuffle import static_check as sc
+
+    imported = frontends.import_model("shufflenet_v2_x1_0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibration = quantize.load_calibration(None, imported.input_shape)
+    result = sc.analyze(imported, targets.get("arm-rpi5"), tmp_path, x86_spec=targets.get("x86-avx512"),
+                        log=lambda _: None, precision="int8", calibration=calibration)
+    code = disassembly(tmp_path / "arm-rpi5" / "model.so")
+    with_sdot = {name.removesuffix("_compute_").removesuffix("_prepacked") for name in kernels_using(code, "sdot")}
+    # The int8 kernels: 1x1 convs and the classifier, and the 1x1 convs of a fused shuffle ("gathered", their
+    # epilogue multiplies by the scales; the other gathered kernels are fp32 stride-2 depthwise convs).
+    int8_rows = [row for row in result["rows"] if "int8" in row["kernel"]
+                 or "gathered" in row["kernel"] and "multiply" in row["kernel"]]
+    assert len(int8_rows) == 37 and {row["kernel"] for row in int8_rows} <= with_sdot
+    assert all(row["arm_vector_fma"] > 0 for row in int8_rows)
+    for row in int8_rows:
+        assert not row["arm_inner_vector_spills"] and not row["arm_inner_scalar_fma"], (row["kernel"], row["flags"])

@@ -446,7 +446,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
         if tracker is None and not runner.runs_here(spec):  # a board's code, checked without the board
             reference_name, peaks = None, {}
             rows = [_row(engine, "not run", _no_device_reason(spec)) for engine in engines]
-            static = static_check.analyze(imported, spec, workload.scratch / "static", shuffle=shuffle, log=log)
+            static = static_check.analyze(imported, spec, workload.scratch / "static", shuffle=shuffle, log=log,
+                                          precision=precision, calibration=_static_calibration(workload))
             kernels = {"note": f"no {spec.runtime_arch} device attached, so nothing was timed: the static code "
                                "check below reads the generated machine code instead", "rows": []}
         else:
@@ -543,6 +544,16 @@ def _onnx_file(model, scratch: Path) -> Path | None:
     return None
 
 
+def _static_calibration(workload):
+    """The static check's int8 calibration: the report's calibration set (that of its int8 rows); None otherwise."""
+    from tvm_shuffle import precisions, quantize
+
+    if not precisions.get(workload.precision).calibrated:
+        return None
+    data = engines_registry._calibration_data(workload)
+    return quantize.load_calibration(data, workload.imported.input_shape, calibrator=workload.calibrator)
+
+
 def _remote(spec: targets.TargetSpec, rpc_tracker: str | None, rpc_key: str | None, rpc_timeout: float | None):
     """(tracker, emulated) for an RPC tracker; an error when the target cannot run here and none is given."""
     from tvm_shuffle.tuning import rpc, runner
@@ -591,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     numerics_inputs=args.numerics_inputs, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                     rpc_timeout=args.rpc_timeout, zoo_table=not args.no_zoo_table, quiet=args.quiet,
                     input_shape=cli.input_shape(args), shuffle=args.shuffle, weights=args.weights,
-                    precision=args.precision, calibration=args.calibration, calibrator=args.calibrator,
+                    precision=cli.precision(args), calibration=args.calibration, calibrator=args.calibrator,
                     command=shlex.join(["python", "-m", "tvm_shuffle.report", *argv]))
     for path in result.save(args.out):
         print(path)

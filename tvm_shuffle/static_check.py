@@ -167,7 +167,8 @@ def _split_operands(operands: str) -> list[str]:
 _A64_VECTOR_REG = re.compile(r"^(v\d+\.\d*[bhsd]|[qd]\d+|z\d+(\.[bhsd])?)\b|^\{\s*v\d+")
 # NEON and SVE multiply-accumulates (SVE's fmad/fmsb overwrite a multiplicand instead of the sum).
 _A64_FMA = {"fmla", "fmls", "fnmla", "fnmls", "fmad", "fmsb", "fnmad", "fnmsb", "bfmla", "fmlal", "fmlal2", "fmlsl",
-            "fmlsl2"}
+            "fmlsl2",
+            "sdot", "udot", "usdot", "sudot", "mla", "mls"}  # the int8 kernels': dot products, 32-bit multiply-adds
 _A64_SCALAR_FMA = {"fmadd", "fmsub", "fnmadd", "fnmsub"}
 _A64_FP_REG = re.compile(r"^(\{\s*)?[vqdshbz]\d+")
 
@@ -223,7 +224,7 @@ def _x86_count(instruction: Instruction) -> LoopCounts:
     fma = _X86_FMA.match(m)
     return LoopCounts(
         instructions=1,
-        vector_fma=int(bool(fma) and fma.group(4) == "p"),
+        vector_fma=int(bool(fma) and fma.group(4) == "p" or m.startswith("vpdp")),  # vpdpbusd: VNNI (int8)
         scalar_fma=int(bool(fma) and fma.group(4) == "s"),
         vector_loads=int(vector and source_memory and not stack),
         vector_stores=int(vector and destination_memory and not stack),
@@ -464,11 +465,13 @@ def pair_kernels(arm_calls: Sequence[str], x86_calls: Sequence[str]) -> dict[str
 
 
 def analyze(imported, spec, out_dir: str | Path, *, x86_spec=None, shuffle: str = "fused", database=None,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            log: Callable[[str], None] | None = None, precision: str = "fp32", calibration=None) -> dict[str, Any]:
     """Build ``imported`` for the aarch64 ``spec`` and for x86-64, disassemble both, and count every kernel.
 
     ``x86_spec`` defaults to this host's x86 preset. ``database`` applies
     tuned schedules to the aarch64 build (default: the default schedules).
+    ``precision`` and ``calibration`` (int8: a :class:`tvm_shuffle.quantize.Calibration`)
+    are the build's, as :func:`tvm_shuffle.passes.optimize` takes them.
     The libraries are written to ``out_dir/<target>/model.so`` (not bundled).
     Returns ``{"method", "arm_target", "x86_target", "rows", "flagged"}``;
     :func:`markdown` renders ``rows``.
@@ -479,7 +482,7 @@ def analyze(imported, spec, out_dir: str | Path, *, x86_spec=None, shuffle: str 
     if spec.runtime_arch != "aarch64":
         raise UserError(f"the static code check reads aarch64 code; target {spec.name} is {spec.runtime_arch}")
     x86_spec = x86_spec or targets.get("x86")
-    mod = passes.optimize(imported.mod, shuffle=shuffle)
+    mod = passes.optimize(imported.mod, shuffle=shuffle, precision=precision, calibration=calibration)
     lowered = build.lower(mod, spec)
     arm_calls, x86_calls = call_sequence(lowered), call_sequence(build.lower(mod, x86_spec))
     flops = {name: cost.flops for name, cost in profile.kernel_costs(lowered).items() if name in set(arm_calls)}
