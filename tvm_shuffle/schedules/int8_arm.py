@@ -86,6 +86,10 @@ TILE_INPUT_BYTES = 16 * 1024
 MIN_GROUP_CHANNELS = 8
 # Vectors of 4 sums of the classifier in flight (and as many corrections with sdot).
 DENSE_ACCUMULATORS = 8
+# The classifier without dot products (:mod:`.int8_dense`'s plain 32-bit multiply-adds, 16 outputs per vector):
+# vectors of 16 sums in flight on NEON, 4 registers each. x86's 8 took all 32 registers and spilled 363 times in
+# ShuffleNetV2 1.0x's classifier on the A72.
+PLAIN_DENSE_ACCUMULATORS = 2
 
 
 def has_dotprod(target) -> bool:
@@ -96,6 +100,11 @@ def has_dotprod(target) -> bool:
 def has_i8mm(target) -> bool:
     """Whether the LLVM target has the Armv8.6 int8 matrix multiply (``usdot``, u8 x s8)."""
     return target_has_feature(target, I8MM_FEATURE)
+
+
+def is_aarch64(target) -> bool:
+    """Whether ``target`` is an LLVM aarch64 target (its vectors are NEON's 128 bits)."""
+    return target.kind.name == "llvm" and "aarch64" in str(target.attrs.get("mtriple", ""))
 
 
 def instruction(target) -> str:
@@ -130,7 +139,7 @@ def _lane(vector, lane: int):
 
 
 def _splat(value, lanes: int = VECTOR):
-    return tir.Broadcast(value, lanes)
+    return tir.Broadcast(value, lanes) if lanes > 1 else value
 
 
 def _flip_bytes():
@@ -529,11 +538,8 @@ def _dense_tile(T, kind, A, words, C, acc, corr, g0, size: int, quads: int) -> N
         T.buffer_store(acc, zero, [_ramp(g * VECTOR)])
         if corr is not None:
             T.buffer_store(corr, zero, [_ramp(g * VECTOR)])
-    with T.serial(I64(0), I64(quads)) as k:
-        quad = A[k]
-        if corr is not None:
-            quad = quad ^ tir.const(FLIP, "uint32")
-        x = _bytes(_splat(quad))
+    def step(k, x):
+        """Quad ``k`` of every output of the tile, ``x`` its input quad in the four lanes."""
         for g in range(size):
             # words: [O / 4, K / 4, 4] int32, one word per output and quad of features.
             weight = _bytes(words[_ramp(((g0 + I64(g)) * I64(quads) + k) * I64(VECTOR))])
@@ -543,6 +549,18 @@ def _dense_tile(T, kind, A, words, C, acc, corr, g0, size: int, quads: int) -> N
                 T.buffer_store(acc, _dot("sdot", acc[_ramp(g * VECTOR)], weight, x), [_ramp(g * VECTOR)])
                 T.buffer_store(corr, _dot("sdot", corr[_ramp(g * VECTOR)], weight, _flip_bytes()),
                                [_ramp(g * VECTOR)])
+
+    def flipped(words_, lanes: int):
+        return words_ ^ _splat(tir.const(FLIP, "uint32"), lanes) if corr is not None else words_
+
+    # Four input quads in one register, each picked by the indexed form of the dot product (sdot v.4s, v.16b,
+    # v.4b[i]; usdot's is sudot): a short reduction, unrolled, keeps a quarter of the registers of broadcasts.
+    with T.serial(I64(0), I64(quads // VECTOR)) as kk:
+        x = flipped(A[_ramp(kk * I64(VECTOR))], VECTOR)
+        for lane in range(VECTOR):
+            step(kk * I64(VECTOR) + I64(lane), _bytes(_lane(x, lane)))
+    for k in range(quads - quads % VECTOR, quads):
+        step(I64(k), _bytes(_splat(flipped(A[I64(k)], 1))))
     for g in range(size):
         total = acc[_ramp(g * VECTOR)]
         if corr is not None:
@@ -581,5 +599,6 @@ def schedule_dense(sch: Schedule, sums, target) -> None:
     sch.tensorize(o_in, dense_intrin(padded_out // groups, quads, instruction(target)))
 
 
-__all__ = ["DOTPROD_FEATURE", "I8MM_FEATURE", "has_dotprod", "has_i8mm", "instruction", "pointwise_intrin",
-           "dense_intrin", "plan_pointwise", "PointwisePlan", "schedule_pointwise", "schedule_dense"]
+__all__ = ["DOTPROD_FEATURE", "I8MM_FEATURE", "PLAIN_DENSE_ACCUMULATORS", "has_dotprod", "has_i8mm", "is_aarch64",
+           "instruction", "pointwise_intrin", "dense_intrin", "register_tile", "RegisterTile", "plan_pointwise",
+           "PointwisePlan", "schedule_pointwise", "schedule_dense"]

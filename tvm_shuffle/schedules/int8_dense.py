@@ -116,7 +116,8 @@ class DenseInt8(dlight.ScheduleRule):
         n, o, k, j = sch.get_loops(sums)
         padded_out = int(sch.get(o).extent)
         vectors = padded_out // LANES
-        accumulators = max(a for a in range(1, ACCUMULATORS + 1) if vectors % a == 0)
+        limit = int8_arm.PLAIN_DENSE_ACCUMULATORS if int8_arm.is_aarch64(target) else ACCUMULATORS
+        accumulators = max(a for a in range(1, limit + 1) if vectors % a == 0)
         o_out, o_mid, o_in = sch.split(o, [None, accumulators, LANES])
         # vpdpbusd takes 16 outputs x 4 features per step; plain integer code one feature of 16 outputs per step.
         sch.reorder(n, o_out, k, o_mid, o_in, j) if native else sch.reorder(n, o_out, k, o_mid, j, o_in)
