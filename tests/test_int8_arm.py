@@ -256,3 +256,40 @@ def test_the_static_check_of_shufflenet_in_int8_counts_the_dot_products(tmp_path
     assert all(row["arm_vector_fma"] > 0 for row in int8_rows)
     for row in int8_rows:
         assert not row["arm_inner_vector_spills"] and not row["arm_inner_scalar_fma"], (row["kernel"], row["flags"])
+
+
+def test_a_trace_with_the_neon_intrinsics_replays_in_a_fresh_process(tmp_path):
+    """Tuning records hold traces that name the per-shape intrinsics; reading them registers those (database._parse)."""
+    import json
+    import sys
+
+    import tvm
+
+    from tvm_shuffle import build, frontends, passes, quantize
+    from tvm_shuffle.schedules import int8
+
+    torch.manual_seed(0)
+    module = Pointwise().eval()
+    imported = frontends.from_torch_module(module, SHAPE, name="pointwise")
+    calibration = quantize.load_calibration(np.zeros((1, *SHAPE[1:]), np.float32), SHAPE)
+    spec = targets.get("arm-graviton2")
+    lowered = build.lower(passes.optimize(imported.mod, precision="int8", calibration=calibration), spec)
+    func = next(f for gv, f in lowered.functions.items() if gv.name_hint.startswith("fused_conv2d_int8"))
+    with spec.tvm_target() as target:
+        trace = int8.PointwiseInt8().apply(func, target, False).trace
+    assert trace.insts[-1].kind.name == "Tensorize"
+    (tmp_path / "func.py").write_text(func.script())
+    (tmp_path / "trace.json").write_text(json.dumps(tvm.ir.save_json(trace.as_json())))
+    replay = f"""
+import json, pathlib, tvm
+from tvm_shuffle import schedules
+from tvm_shuffle.tvm_compat import Schedule, Trace
+root = pathlib.Path({str(tmp_path)!r})
+text = (root / "trace.json").read_text()
+schedules.register_intrinsics(text.encode())
+sch = Schedule(tvm.script.from_source((root / "func.py").read_text()))
+Trace.apply_json_to_schedule(tvm.ir.load_json(json.loads(text)), sch)
+print("replayed", sch.trace.insts[-1].kind.name)
+"""
+    done = subprocess.run([sys.executable, "-c", replay], capture_output=True, text=True)
+    assert done.returncode == 0 and "replayed Tensorize" in done.stdout, done.stderr[-2000:]

@@ -46,17 +46,20 @@ def default_schedule_passes(spec) -> list:
     return [dlight.ApplyDefaultSchedule(*rules)]
 
 
-def register_intrinsics() -> None:
+def register_intrinsics(records: str | bytes = b"") -> None:
     """Register every tensor intrinsic our schedules tensorize with (each module's once).
 
     A tuning record's trace names its intrinsics: reading records in a
     process that has not scheduled such a kernel yet needs them registered,
     or the records do not parse (and would be taken for damaged lines).
+    The aarch64 int8 intrinsics are made per block shape: those named in
+    ``records`` (:func:`.int8_arm.register_named`).
     """
-    from tvm_shuffle.schedules import bf16, int8, int8_dense, int8_gpu
+    from tvm_shuffle.schedules import bf16, int8, int8_arm, int8_dense, int8_gpu
 
     for module in (bf16, int8, int8_dense, int8_gpu):
         module.register_intrinsics()
+    int8_arm.register_named(records)
 
 
 def cpu_rules() -> tuple:

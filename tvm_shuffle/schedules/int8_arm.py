@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 from tvm_shuffle.schedules.analysis import iter_extents
 from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, thread_slices, vectorize_divisor
@@ -245,7 +246,7 @@ def register_tile(channels: int, vectors: int) -> RegisterTile:
 
 
 def _pointwise_impl(channels: int, pixels: int, quads: int, kind: str):
-    """``C[o, p] = sum_k unpack(A[k, p]) . W[k, o]`` for the block, as register tiles of dot products (see the module)."""
+    """``C[o, p] = sum_k unpack(A[k, p]) . W[k, o]`` for the block, in register tiles of dot products (see above)."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
@@ -340,6 +341,22 @@ def _pointwise_tile(T, kind, source, words, C, acc, correction, o0, p0, tile: Re
             T.buffer_store(acc, _dot(kind, acc[slot(o, v)], inputs[v], weight), [slot(o, v)])
     for o, v in slots:
         T.buffer_store(C, acc[slot(o, v)], [o0 + I64(o), _ramp(p0 + I64(v * VECTOR))])
+
+
+_NAMED = re.compile(r"tvm_shuffle_neon_(sdot|usdot)_(pointwise|dense)_(\d+(?:x\d+)+)")
+
+
+def register_named(text: str | bytes) -> None:
+    """Register the intrinsics whose names occur in ``text`` (tuning records: a trace names its intrinsics).
+
+    The intrinsics are made per block shape, which their names spell; a
+    record read in a process that has not scheduled that kernel yet needs
+    them registered, or its trace does not parse.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    for kind, kernel, sizes in set(_NAMED.findall(text)):
+        (pointwise_intrin if kernel == "pointwise" else dense_intrin)(*(int(s) for s in sizes.split("x")), kind)
 
 
 @functools.lru_cache(maxsize=None)
@@ -453,7 +470,7 @@ def _vectorize_stages(sch: Schedule, found) -> None:
 
 
 def _pack_pointwise_weights(sch: Schedule, found) -> None:
-    """The s8 weights as ``[K / 4, O, 4]`` (each quad of input channels a row of the channels' quads), packed at build time.
+    """The s8 weights as ``[K / 4, O, 4]`` (a row of the channels' quads per input quad), packed at build time.
 
     The packing is a copy of the weight parameter, or the channel-padding
     stage (``int8_weights``) when the input channels are no whole number of
@@ -600,5 +617,5 @@ def schedule_dense(sch: Schedule, sums, target) -> None:
 
 
 __all__ = ["DOTPROD_FEATURE", "I8MM_FEATURE", "PLAIN_DENSE_ACCUMULATORS", "has_dotprod", "has_i8mm", "is_aarch64",
-           "instruction", "pointwise_intrin", "dense_intrin", "register_tile", "RegisterTile", "plan_pointwise",
-           "PointwisePlan", "schedule_pointwise", "schedule_dense"]
+           "instruction", "pointwise_intrin", "dense_intrin", "register_named", "register_tile", "RegisterTile",
+           "plan_pointwise", "PointwisePlan", "schedule_pointwise", "schedule_dense"]

@@ -447,7 +447,8 @@ def _parse(workload_data: bytes, record_data: bytes, *, final: bool) -> _Content
     """
     from tvm_shuffle import schedules
 
-    schedules.register_intrinsics()  # records of our tensorized kernels name them: unknown, a trace does not parse
+    # Records of our tensorized kernels name their intrinsics: unknown, a trace does not parse.
+    schedules.register_intrinsics(record_data)
     contents = _Contents()
     workloads: list = []  # per workload line, numbered as records refer to them: its Workload, or None
     renumbered: dict[int, int] = {}
