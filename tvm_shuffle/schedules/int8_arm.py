@@ -33,8 +33,15 @@ generated for the block's sizes:
   separate loops.
 * classifier (:func:`dense_intrin`): ``R`` outputs x ``K/4`` quads per call,
   weights packed ``[O / 4, K / 4, 4, 4]`` (four outputs x four features per
-  register), the input quad broadcast, :data:`DENSE_ACCUMULATORS` vectors of
-  sums.
+  register), :data:`DENSE_ACCUMULATORS` vectors of sums, four input quads
+  per register each picked by the indexed form (``usdot``'s is ``sudot``).
+
+The description's initial zero stays in the kernel: the block's sums are
+zeroed before the call (one store per four sums, ``4 / K`` of the dot
+products), and the call writes them. The input stages (the gather of a
+fused channel shuffle, one loop per source tensor; the quantization, four
+pixels per step) run first in their own parallel loops, the weights are
+packed ``[K / 4, O, 4]`` at build time.
 
 The cost of ``sdot``'s flip and correction, against ``usdot`` (none):
 
@@ -52,8 +59,14 @@ cost nothing at run time, but the graph pass (:mod:`tvm_shuffle.quantize`)
 does not know the target and the compute is shared by every target; an
 ``sdot`` per step plus an add of the correction would double the inner loop.
 
+A reduction of a few quads (K <= 32) is unrolled whole by LLVM, which then
+loads every operand ahead and may spill a few registers; ShuffleNet's
+shortest is 24 channels and spills none (the static check, ``report
+--target arm-rpi5 --quantize int8``).
+
 Targets without ``+dotprod`` (Cortex-A72) keep :mod:`.int8`'s plain NEON
-schedule: 32-bit multiply-adds on widened values.
+schedule, 32-bit multiply-adds on widened values (its classifier with
+:data:`PLAIN_DENSE_ACCUMULATORS` vectors of sums).
 """
 
 from __future__ import annotations
@@ -81,7 +94,7 @@ TILE_SUMS = 20
 TILE_REGISTERS = 26
 # Registers of corrections summed at once (four channels each).
 CORRECTION_REGISTERS = 16
-# Bytes of u8 input one pixel tile holds (and again flipped, with sdot): both stay in a 64 KB L1 with the weights.
+# Bytes of input per pixel tile (with sdot the call's flipped copy): it stays in a 64 KB L1 beside the weights.
 TILE_INPUT_BYTES = 16 * 1024
 # Output channels per parallel task at least, when a small plane is split among the threads by channels.
 MIN_GROUP_CHANNELS = 8
@@ -204,7 +217,7 @@ def _pointwise_desc(channels: int, pixels: int, quads: int):
         with T.sblock("root"):
             T.reads(A[I64(0):K4, I64(0):P], W[I64(0):K4, I64(0):R, I64(0):I64(4)])
             T.writes(C[I64(0):R, I64(0):P])
-            for o, p, k, j in T.grid(R, P, K4, I64(4)):
+            for o, p, _, j in T.grid(R, P, K4, I64(4)):
                 with T.sblock("update"):
                     vo, vp, vj = T.axis.remap("SSR", [o, p, j])
                     T.reads(C[vo, vp], A[I64(0), vp], W[I64(0), vo, vj])
