@@ -39,12 +39,24 @@ SUITES = {
     "int8": (("tvm_shuffle-untuned", "tvm_shuffle-int8", "onnxruntime", "openvino", "onnxruntime-int8",
               "openvino-int8"), "tvm_shuffle-int8"),
 }
+# The issue's goals, each against the fastest of a group of peers in the same round.
+GOALS = {
+    "bf16": (("OpenVINO with its defaults", ("openvino-default",), 0.8),),
+    "int8": (("the best fp32 peer", ("onnxruntime", "openvino"), 0.5),
+             ("the best int8 peer", ("onnxruntime-int8", "openvino-int8"), 0.8)),
+}
 INPUT_SHAPE = (1, 3, 224, 224)
 
 
 def round_ratios(rows: dict, engine: str, baseline: str) -> list[float]:
     """``engine``'s time over ``baseline``'s in each round."""
     return [round(a / b, 3) for a, b in zip(rows[engine]["rounds_ms"], rows[baseline]["rounds_ms"])]
+
+
+def best_of_round(rows: dict, subject: str, group: tuple) -> list[float]:
+    """``subject``'s time over the fastest engine of ``group`` in each round (the engines that ran)."""
+    ran = [rows[name]["rounds_ms"] for name in group if rows.get(name, {}).get("status") == "ok"]
+    return [round(mine / min(times), 3) for mine, *times in zip(rows[subject]["rounds_ms"], *ran)] if ran else []
 
 
 def main(argv=None) -> int:
@@ -104,6 +116,13 @@ def main(argv=None) -> int:
     for base, values in ratios.items():
         lines.append(f"- {rows[base]['label']}: median {statistics.median(values):.2f}, range "
                      f"{min(values):.2f}-{max(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+    goals = {label: (best_of_round(rows, subject, group), limit) for label, group, limit in GOALS[args.precision]}
+    lines += ["", "Goals (per round, against the fastest of the group in that round):", ""]
+    for label, (values, limit) in goals.items():
+        if values:
+            median = statistics.median(values)
+            lines.append(f"- at most {limit}x {label}: median {median:.2f} ({'met' if median <= limit else 'not met'}), "
+                         f"range {min(values):.2f}-{max(values):.2f}")
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
@@ -111,7 +130,7 @@ def main(argv=None) -> int:
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"setup": vars(args), "machine": info, "engines": [{k: v for k, v in r.items() if k != "samples_ms"}
                                                           for r in result.engines],
-         "ratios": ratios, "failed": failed}, indent=1, default=str) + "\n", encoding="utf-8")
+         "ratios": ratios, "goals": goals, "failed": failed}, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS / stem}.md and .json")
     return 0
 
