@@ -62,13 +62,13 @@ import hashlib
 
 import numpy as np
 
-from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules import int8_arm
+from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
 from tvm_shuffle.schedules.bf16 import flat_input, i64, register_tile, shape64, vectorize_divisor
+from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
-QUAD = 4  # input channels per 32-bit lane of vpdpbusd
 CONV = "conv2d_int8"
 CROP = "conv2d_int8_crop"
 GATHER = "int8_gather"
@@ -81,14 +81,6 @@ VNNI_FEATURE = "avx512vnni"
 
 # ---------------------------------------------------------------------------
 # Quantization parameters of the convolutions' inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class InputQuant:
-    """Per-tensor u8 quantization of a convolution's input: ``q = clamp(round(x / scale) + zero_point, 0, 255)``."""
-
-    scale: float
-    zero_point: int
 
 
 InputQuantTable = dict  # fingerprint (str) -> InputQuant
@@ -131,28 +123,6 @@ def is_pointwise(weight_shape, strides, padding, dilation, groups: int) -> bool:
     return (tuple(int(d) for d in weight_shape[2:]) == (1, 1) and groups == 1
             and all(int(s) == 1 for s in strides) and not any(int(p) for p in padding)
             and all(int(d) == 1 for d in dilation))
-
-
-def quantize_u8(value, quant: InputQuant):
-    """``clamp(round(value / scale) + zero_point, 0, 255)`` of an fp32 expression, as a uint32."""
-    scaled = tir.round(value * tir.const(1.0 / quant.scale, "float32") + tir.const(float(quant.zero_point), "float32"))
-    return tir.max(tir.min(scaled, tir.const(255.0, "float32")), tir.const(0.0, "float32")).astype("uint32")
-
-
-def pack_quad(read, k, channels: int, quant: InputQuant):
-    """The u8 values of channels ``4k .. 4k + 3`` (``read(c)`` in fp32; 0 past ``channels``) in the bytes of a uint32."""
-    def channel(c):
-        value = quantize_u8(read(tir.min(c, i64(channels - 1)) if channels % QUAD else c), quant)
-        return tir.if_then_else(c < i64(channels), value, tir.const(0, "uint32")) if channels % QUAD else value
-
-    words = [channel(k * i64(QUAD) + i64(j)) << tir.const(8 * j, "uint32") for j in range(QUAD)]
-    return functools.reduce(lambda a, b: a | b, words)
-
-
-def unpack(word, j):
-    """Byte ``j`` of a uint32 quad as an int32: the u8 input of channel ``4k + j``."""
-    return tir.Cast("int32", tir.bitwise_and(tir.shift_right(word, tir.Cast("uint32", j) * tir.const(8, "uint32")),
-                                             tir.const(255, "uint32")))
 
 
 def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") -> te.Tensor:

@@ -180,7 +180,7 @@ def _pointwise_desc(channels: int, pixels: int, quads: int):
     """The whole reduction of a ``channels x pixels`` block over ``quads`` quads, its initial zero included."""
     from tvm.script import tirx as T
 
-    from tvm_shuffle.schedules.int8 import unpack
+    from tvm_shuffle.schedules.quads import unpack
 
     I64 = T.int64
     R, P, K4 = I64(channels), I64(pixels), I64(quads)
@@ -507,7 +507,7 @@ def _pack_pointwise_weights(sch: Schedule, found) -> None:
 def _dense_desc(outputs: int, quads: int):
     from tvm.script import tirx as T
 
-    from tvm_shuffle.schedules.int8 import unpack
+    from tvm_shuffle.schedules.quads import unpack
 
     I64 = T.int64
     R, K4, G = I64(outputs), I64(quads), I64(outputs // VECTOR)

@@ -8,7 +8,7 @@ ShuffleNetV2 1.0x's and 75 % of 0.5x's: at batch 1 its fp32 matrix-vector
 product reads 4 MB per inference, the s8 one 1 MB.
 
 The compute (:func:`dense`) quantizes the input into uint32 words of four
-features (:func:`.int8.pack_quad`) and sums ``unpack(x_q[k], j) *
+features (:func:`.quads.pack_quad`) and sums ``unpack(x_q[k], j) *
 W[o, 4k + j]`` over features; the weights come padded by the graph pass to
 whole quads of features and whole vectors of outputs. :class:`DenseInt8`
 schedules it with the orientation of TVM's own ``dot_16x4_vnni``: 16 output
@@ -28,7 +28,8 @@ import functools
 from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.schedules import int8_arm
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, i64, shape64
-from tvm_shuffle.schedules.int8 import QUAD, InputQuant, has_vnni, pack_quad, unpack
+from tvm_shuffle.schedules.int8 import has_vnni
+from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
 
 DENSE = "dense_int8"

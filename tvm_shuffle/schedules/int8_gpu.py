@@ -45,9 +45,9 @@ from tvm_shuffle.schedules import int8, int8_dense
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC
 from tvm_shuffle.schedules.constants import GPU, GPUConstants
+from tvm_shuffle.schedules.quads import QUAD, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, tir
 
-QUAD = int8.QUAD
 DP4A_INTRIN = "tvm_shuffle_dp4a_u8s8s32"
 DP4A_REFERENCE_INTRIN = "tvm_shuffle_dp4a_u8s8s32_reference"  # the same step in plain TIR (CPU checks)
 SHARED_BYTES = 16384  # at most, for the quantized input of one block (a chunk of quads x its pixels)
@@ -92,7 +92,7 @@ def register_intrinsics() -> None:
         for j in range(I64(4)):
             with T.sblock("update"):
                 vj = T.axis.remap("R", [j])
-                C[I64(0)] = C[I64(0)] + int8.unpack(A[I64(0)], vj) * T.Cast("int32", B[vj])
+                C[I64(0)] = C[I64(0)] + unpack(A[I64(0)], vj) * T.Cast("int32", B[vj])
 
     @T.macro
     def dp4a(A, B, C):
