@@ -127,7 +127,8 @@ class DenseInt8(dlight.ScheduleRule):
         sch.vectorize(sch.get_loops(writeback)[-1])
         _pack_weights(sch, sums)
         outer = sch.fuse(n, o_out)
-        if int(sch.get(outer).extent) * accumulators * LANES >= MIN_PARALLEL_WORK:
+        # The work is every weight (a batch-1 classifier reads 1 MB of them): threads share the outputs.
+        if int(sch.get(outer).extent) * accumulators * LANES * int(sch.get(k).extent) >= MIN_PARALLEL_WORK:
             sch.parallel(outer)
         sch.unroll(o_mid)
         if not native:
