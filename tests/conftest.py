@@ -6,11 +6,26 @@ exercise the real networks.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from tvm_shuffle.models import MODELS, channel_shuffle, randomize_batchnorm
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether this CPU lists ``flag`` in /proc/cpuinfo (``avx512_vnni``, ``avx512_bf16``)."""
+    try:
+        return flag in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def runs_natively(flag: str):
+    """Skip a test whose native kernel needs ``flag`` on a CPU without it (the code it checks cannot run there)."""
+    return pytest.mark.skipif(not cpu_has(flag), reason=f"this CPU has no {flag} (the native kernel cannot run here)")
 
 TINY_SHAPE = (1, 3, 16, 16)
 

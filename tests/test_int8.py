@@ -19,27 +19,20 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import tvm_shuffle as ts
+from conftest import cpu_has, runs_natively
 from tvm_shuffle import api, precisions, quantize, targets
 from tvm_shuffle.errors import MissingRecords, UserError
 
 INT8 = precisions.get("int8")
 
 
-def host_has_vnni() -> bool:
-    try:
-        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-native_host = pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no avx512_vnni (the kernel cannot run here)")
+native_host = runs_natively("avx512_vnni")
 
 
 def vnni_spec() -> targets.TargetSpec:
@@ -240,7 +233,7 @@ def test_the_classifier_is_an_int8_dense_kernel(spec, tiny_input):
     kernels = [gv.name_hint for gv in build_lowered(compiled).functions]
     assert any(name.startswith(f"fused_{int8_dense.DENSE}") for name in kernels), kernels
     assert not any("matmul" in name for name in kernels), kernels
-    if host_has_vnni() or spec.name == "x86-avx2":
+    if cpu_has("avx512_vnni") or spec.name == "x86-avx2":
         out = compiled(tiny_input)[0]
         assert out.shape == (1, 70)
         assert relative_error(out, torch_reference(module, tiny_input)) < INT8.tolerance
@@ -258,7 +251,7 @@ def test_a_target_without_vnni_says_so_and_computes_integers(capsys, tiny_module
                               precision="int8")
     assert compiled.manifest["precision"]["mode"] == "integer"
     assert "has no int8 instructions" in capsys.readouterr().err
-    if "avx2" in Path("/proc/cpuinfo").read_text():  # Haswell code runs on any AVX2 host
+    if cpu_has("avx2"):  # Haswell code runs on any AVX2 host
         assert relative_error(compiled(tiny_input)[0], torch_reference(tiny_module, tiny_input)) < INT8.tolerance
 
 

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 import tvm_shuffle as ts
+from conftest import cpu_has
 from tvm_shuffle import build, cuda_codegen, frontends, passes, precisions, quantize, targets, tvm_compat
 from tvm_shuffle.models import channel_shuffle, randomize_batchnorm
 from tvm_shuffle.schedules import int8_gpu
@@ -195,7 +196,7 @@ def test_the_gpu_schedule_computes_each_kernel_exactly(odd_unit, batch):
         assert any(shape.pixels == 1 and shape.pixel_threads == 3 for name, shape in checked if "dense" in name)
 
 
-@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(), reason="the x86 int8 build runs AVX2 code")
+@pytest.mark.skipif(not cpu_has("avx2"), reason="the x86 int8 build runs AVX2 code")
 def test_a_model_with_the_gpu_int8_schedules_matches_the_x86_int8_build(odd_unit):
     """The whole model, its int8 kernels scheduled for the GPU (run serially), built with the weights packed once."""
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)

@@ -16,28 +16,20 @@ import dataclasses
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import tvm_shuffle as ts
+from conftest import runs_natively
 from tvm_shuffle import api, precisions, targets
 from tvm_shuffle.errors import MissingRecords, UserError
 
 BF16 = precisions.get("bf16")
 
 
-def host_has_avx512_bf16() -> bool:
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-native_host = pytest.mark.skipif(not host_has_avx512_bf16(),
-                                 reason="this CPU has no avx512_bf16 (the native kernel cannot run here)")
+native_host = runs_natively("avx512_bf16")
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -33,20 +33,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_shuffle as ts
+from conftest import runs_natively
 from tvm_shuffle import build, frontends, qdq
 from tvm_shuffle.errors import UserError
 
 ort = pytest.importorskip("onnxruntime")
 
 
-def host_has_vnni() -> bool:
-    try:
-        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-native_host = pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no avx512_vnni (the kernel cannot run here)")
+native_host = runs_natively("avx512_vnni")
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -66,7 +66,7 @@ from tvm_shuffle.schedules import int8_arm
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
 from tvm_shuffle.schedules.bf16 import flat_input, i64, register_tile, shape64, vectorize_divisor
-from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack
+from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 CONV = "conv2d_int8"
@@ -359,16 +359,8 @@ def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> No
 
 
 def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
-    if found.gather is not None:
-        vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
-    if found.pad is not None:
-        loops = sch.get_loops(found.pad)
-        if sch.can_decompose_padding(found.pad, loops[-1]):
-            sch.decompose_padding(found.pad, loops[-1])
-            vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
     # A vector of pixels' quads at a time: four fp32 rows in, one 64-byte row of uint32 out.
-    _, lane = sch.split(sch.get_loops(found.quads)[-1], [None, LANES])
-    sch.vectorize(lane)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, LANES)
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",

@@ -77,13 +77,13 @@ import re
 
 from tvm_shuffle.schedules.analysis import iter_extents
 from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, thread_slices, vectorize_divisor
+from tvm_shuffle.schedules.quads import QUAD, pack_weights_by_quad, unpack, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, target_has_feature, tir
 
 DOTPROD_FEATURE = "dotprod"  # sdot / udot (Armv8.2-A DotProd)
 I8MM_FEATURE = "i8mm"  # usdot (Armv8.6-A Int8 matrix multiply)
 SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 USDOT = "llvm.aarch64.neon.usdot.v4i32.v16i8"
-QUAD = 4  # bytes per 32-bit lane
 VECTOR = 4  # 32-bit lanes per NEON register
 FLIP = 0x80808080  # x ^ FLIP turns four u8 bytes into s8 bytes x - 128
 
@@ -179,8 +179,6 @@ def _flat_int32(T, buffer):
 def _pointwise_desc(channels: int, pixels: int, quads: int):
     """The whole reduction of a ``channels x pixels`` block over ``quads`` quads, its initial zero included."""
     from tvm.script import tirx as T
-
-    from tvm_shuffle.schedules.quads import unpack
 
     I64 = T.int64
     R, P, K4 = I64(channels), I64(pixels), I64(quads)
@@ -428,7 +426,7 @@ def schedule_pointwise(sch: Schedule, found, target) -> None:
     p_out, p_in = sch.split(p, [padded // plan.tile, plan.tile])
     o_out, o_in = sch.split(o, [plan.groups, out_channels // plan.groups])
     sch.reorder(n, p_out, o_out, o_in, p_in, k, j)
-    _pack_pointwise_weights(sch, found)
+    pack_weights_by_quad(sch, found.conv, found.weights)
     outer = sch.fuse(n, p_out, o_out)
     sch.reverse_compute_at(crop, outer)
     vectorize_divisor(sch, sch.get_loops(crop)[-1])
@@ -471,33 +469,7 @@ def _vectorize_stages(sch: Schedule, found) -> None:
     NEON registers, and LLVM interleaves several such steps: the constants
     of the quantization were reloaded from the stack.
     """
-    if found.gather is not None:
-        vectorize_divisor(sch, sch.get_loops(found.gather)[-1])
-    if found.pad is not None:
-        loops = sch.get_loops(found.pad)
-        if sch.can_decompose_padding(found.pad, loops[-1]):
-            sch.decompose_padding(found.pad, loops[-1])
-            vectorize_divisor(sch, sch.get_loops(found.pad)[-1])
-    _, lane = sch.split(sch.get_loops(found.quads)[-1], [None, VECTOR])
-    sch.vectorize(lane)
-
-
-def _pack_pointwise_weights(sch: Schedule, found) -> None:
-    """The s8 weights as ``[K / 4, O, 4]`` (a row of the channels' quads per input quad), packed at build time.
-
-    The packing is a copy of the weight parameter, or the channel-padding
-    stage (``int8_weights``) when the input channels are no whole number of
-    quads; either is layout-rewrite preprocessing, which the build folds
-    into the constant (``build.run_copies``), as :mod:`.int8_gpu` does.
-    """
-    if found.weights is not None:
-        packed = found.weights
-    else:
-        index = next(i for i, read in enumerate(sch.get(found.conv).reads) if str(read.source.dtype) == "int8")
-        packed = sch.cache_read(found.conv, index, "global")
-    sch.transform_layout(packed, ("write", 0), lambda o, c, *_: (c // QUAD, o, c % QUAD),  # O x K (x 1 x 1)
-                         assume_injective_transform=True)
-    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR)
 
 
 # ---------------------------------------------------------------------------
@@ -506,8 +478,6 @@ def _pack_pointwise_weights(sch: Schedule, found) -> None:
 
 def _dense_desc(outputs: int, quads: int):
     from tvm.script import tirx as T
-
-    from tvm_shuffle.schedules.quads import unpack
 
     I64 = T.int64
     R, K4, G = I64(outputs), I64(quads), I64(outputs // VECTOR)

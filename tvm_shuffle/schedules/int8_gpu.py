@@ -43,9 +43,8 @@ import functools
 
 from tvm_shuffle.schedules import int8, int8_dense
 from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
-from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC
 from tvm_shuffle.schedules.constants import GPU, GPUConstants
-from tvm_shuffle.schedules.quads import QUAD, unpack
+from tvm_shuffle.schedules.quads import pack_weights_by_quad, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, tir
 
 DP4A_INTRIN = "tvm_shuffle_dp4a_u8s8s32"
@@ -307,14 +306,7 @@ def _pack_weights(sch: Schedule, kernel: Int8Kernel, threads: int) -> None:
     same, so that where the build cannot fold it, it stays a kernel of its
     own that runs (it is split out of this one) instead of failing to build.
     """
-    if kernel.weights is not None:
-        packed = kernel.weights
-    else:
-        index = next(i for i, read in enumerate(sch.get(kernel.sums).reads) if str(read.source.dtype) == "int8")
-        packed = sch.cache_read(kernel.sums, index, "global")
-    sch.transform_layout(packed, ("write", 0), lambda o, c, *_: (c // QUAD, o, c % QUAD),  # O x K (x 1 x 1)
-                         assume_injective_transform=True)
-    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
+    packed = pack_weights_by_quad(sch, kernel.sums, kernel.weights)
     _, inner = sch.split(sch.fuse(*sch.get_loops(packed)), [None, threads])
     outer = sch.get_loops(packed)[0]
     sch.bind(outer, "blockIdx.x")

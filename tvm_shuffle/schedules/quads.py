@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from tvm_shuffle.schedules.bf16 import i64
-from tvm_shuffle.tvm_compat import tir
+from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, i64, vectorize_divisor
+from tvm_shuffle.tvm_compat import Schedule, tir
 
 QUAD = 4  # input channels per 32-bit word (one lane of vpdpbusd, sdot, dp4a)
 
@@ -50,4 +50,34 @@ def unpack(word, j):
                                              tir.const(255, "uint32")))
 
 
-__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack"]
+def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int) -> None:
+    """The stages in front of the dot products: the gather and the padding vectorized, the quads ``lanes`` pixels at a time."""
+    if gather is not None:
+        vectorize_divisor(sch, sch.get_loops(gather)[-1])
+    if pad is not None:
+        loops = sch.get_loops(pad)
+        if sch.can_decompose_padding(pad, loops[-1]):
+            sch.decompose_padding(pad, loops[-1])
+            vectorize_divisor(sch, sch.get_loops(pad)[-1])
+    _, lane = sch.split(sch.get_loops(quads)[-1], [None, lanes])
+    sch.vectorize(lane)
+
+
+def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
+    """The s8 weights as ``[K / 4, O, 4]`` (the output channels' quads, input quad by input quad); returns the packing block.
+
+    The packing is ``weights`` (the padding stage of channels that are no
+    whole quads, 2-D or 4-D) or else a copy of ``consumer``'s s8 parameter,
+    marked as layout-rewrite preprocessing, which the build folds into the
+    constant (``build.run_copies``). The ARM and CUDA kernels read them so.
+    """
+    if weights is None:
+        index = next(i for i, read in enumerate(sch.get(consumer).reads) if str(read.source.dtype) == "int8")
+        weights = sch.cache_read(consumer, index, "global")
+    sch.transform_layout(weights, ("write", 0), lambda o, c, *_: (c // QUAD, o, c % QUAD),  # O x K (x 1 x 1)
+                         assume_injective_transform=True)
+    sch.annotate(weights, LAYOUT_REWRITE_PREPROC, True)
+    return weights
+
+
+__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad"]
