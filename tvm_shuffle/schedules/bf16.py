@@ -311,19 +311,19 @@ def _find(sch: Schedule) -> _Blocks | None:
                    epilogue=blocks[crop_at + 1:])
 
 
-def _fold_epilogue(sch: Schedule, found: _Blocks):
+def fold_epilogue(sch: Schedule, crop, epilogue: list):
     """The crop with the elementwise chain after it folded in, iterating flat pixels (n, o, h * W + w)."""
-    for block in reversed(found.epilogue):
+    for block in reversed(epilogue):
         sch.reverse_compute_inline(block)
-    width = iter_extents(sch, found.crop)[3]
-    sch.transform_block_layout(found.crop, lambda n, o, h, w: (n, o, h * width + w))
-    return found.crop
+    width = iter_extents(sch, crop)[3]
+    sch.transform_block_layout(crop, lambda n, o, h, w: (n, o, h * width + w))
+    return crop
 
 
-def _plan(sch: Schedule, found: _Blocks, tiles: Tiles) -> tuple[int, int, int, int]:
-    """(out channels, padded pixels, real pixels, pixels per input tile)."""
-    _, out_channels, padded = iter_extents(sch, found.conv)[:3]
-    pixels = iter_extents(sch, found.crop)[2]
+def plan(sch: Schedule, conv, crop, tiles: Tiles) -> tuple[int, int, int, int]:
+    """(out channels, padded pixels, real pixels, pixels per input tile) of a flat-pixel 1x1 kernel."""
+    _, out_channels, padded = iter_extents(sch, conv)[:3]
+    pixels = iter_extents(sch, crop)[2]
     if padded == pixels:
         vectors = padded // LANES
         tile = LANES * max(t for t in range(1, tiles.tile_vectors + 1) if vectors % t == 0)
@@ -354,24 +354,13 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
 
     Returns the outermost (parallel) loop.
     """
-    crop = _fold_epilogue(sch, found)
-    out_channels, padded, pixels, tile = _plan(sch, found, tiles)
+    crop = fold_epilogue(sch, found.crop, found.epilogue)
+    out_channels, padded, pixels, tile = plan(sch, found.conv, crop, tiles)
     oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     conv = found.conv
-    writeback = sch.cache_write(conv, 0, "local")
-    n, o, p, k, j = sch.get_loops(conv)
-    p_out, chunk, vector, lane = sch.split(p, [padded // tile, tile // (lanes * vectors), vectors, lanes])
-    o_out, o_in = sch.split(o, [None, oc])
-    if native:
-        sch.reorder(n, p_out, o_out, chunk, k, o_in, vector, lane, j)
-    else:
-        sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
-    sch.reverse_compute_at(writeback, chunk)
-    sch.reverse_compute_at(crop, o_out)
+    n, p_out, o_out, k, lane = tile_sums(sch, conv, crop, padded=padded, tile=tile, oc=oc, vectors=vectors,
+                                         lanes=lanes, native=native)
     _vectorize_flat(sch, sch.get_loops(crop)[-1])
-    _vectorize_inner(sch, writeback)
-    sch.unroll(o_in)
-    sch.unroll(vector)
     _pack_weights(sch, conv, oc, pairs=native)  # before tensorize: the intrinsic reads a weight pair as one word
     if not native:
         sch.vectorize(lane)
@@ -388,6 +377,31 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     if native:
         sch.tensorize(lane, DOT_INTRIN)
     return outer
+
+
+def tile_sums(sch: Schedule, conv, crop, *, padded: int, tile: int, oc: int, vectors: int, lanes: int,
+              native: bool) -> tuple:
+    """``oc x vectors`` sums in registers per chunk of a pixel tile, written back per chunk, cropped per channel tile.
+
+    The conv's loops (n, o, p, k, j) become n, pixel tiles, channel tiles,
+    chunks, k, then (native dot products) channels, vectors, lanes, j or
+    (one input channel a step) j, channels, vectors, lanes; returns
+    (n, pixel tiles, channel tiles, k, lanes).
+    """
+    writeback = sch.cache_write(conv, 0, "local")
+    n, o, p, k, j = sch.get_loops(conv)
+    p_out, chunk, vector, lane = sch.split(p, [padded // tile, tile // (lanes * vectors), vectors, lanes])
+    o_out, o_in = sch.split(o, [None, oc])
+    if native:
+        sch.reorder(n, p_out, o_out, chunk, k, o_in, vector, lane, j)
+    else:
+        sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
+    sch.reverse_compute_at(writeback, chunk)
+    sch.reverse_compute_at(crop, o_out)
+    vectorize_divisor(sch, sch.get_loops(writeback)[-1])
+    sch.unroll(o_in)
+    sch.unroll(vector)
+    return n, p_out, o_out, k, lane
 
 
 def register_tile(channels: int, vectors: int, accumulators: int) -> tuple[int, int]:
@@ -444,11 +458,6 @@ def _convert_pairs(sch: Schedule, pairs) -> None:
     *_, p, j = sch.get_loops(pairs)
     _, lane = sch.split(p, [None, LANES])
     sch.tensorize(lane, PAIRS_INTRIN)
-
-
-def _vectorize_inner(sch: Schedule, block) -> None:
-    """Vectorize a divisor of a block's innermost loop."""
-    vectorize_divisor(sch, sch.get_loops(block)[-1])
 
 
 def vectorize_divisor(sch: Schedule, loop) -> None:

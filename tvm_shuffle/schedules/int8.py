@@ -63,9 +63,10 @@ import hashlib
 import numpy as np
 
 from tvm_shuffle.schedules import int8_arm
-from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
-from tvm_shuffle.schedules.bf16 import flat_input, i64, register_tile, shape64, vectorize_divisor
+from tvm_shuffle.schedules.bf16 import flat_input, fold_epilogue, i64, plan, register_tile, shape64, tile_sums
+from tvm_shuffle.schedules.bf16 import vectorize_divisor
 from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
@@ -282,34 +283,13 @@ def _find(sch: Schedule) -> _Blocks | None:
 
 def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool) -> None:
     """Sums of ``channels x vectors`` in registers per pixel chunk; the input stages per tile or per plane."""
-    for block in reversed(found.epilogue):
-        sch.reverse_compute_inline(block)
-    crop = found.crop
-    width = iter_extents(sch, crop)[3]
-    sch.transform_block_layout(crop, lambda n, o, h, w: (n, o, h * width + w))
-    _, out_channels, padded = iter_extents(sch, found.conv)[:3]
-    pixels = iter_extents(sch, crop)[2]
-    if padded == pixels:
-        vectors = padded // LANES
-        tile = LANES * max(t for t in range(1, tiles.tile_vectors + 1) if vectors % t == 0)
-    else:
-        tile = padded  # one tile: the epilogue then reads whole rows of real pixels
+    crop = fold_epilogue(sch, found.crop, found.epilogue)
+    out_channels, padded, _, tile = plan(sch, found.conv, crop, tiles)
     oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     conv = found.conv
-    writeback = sch.cache_write(conv, 0, "local")
-    n, o, p, k, j = sch.get_loops(conv)
-    p_out, chunk, vector, lane = sch.split(p, [padded // tile, tile // (lanes * vectors), vectors, lanes])
-    o_out, o_in = sch.split(o, [None, oc])
-    if native:
-        sch.reorder(n, p_out, o_out, chunk, k, o_in, vector, lane, j)
-    else:
-        sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
-    sch.reverse_compute_at(writeback, chunk)
-    sch.reverse_compute_at(crop, o_out)
+    n, p_out, o_out, k, lane = tile_sums(sch, conv, crop, padded=padded, tile=tile, oc=oc, vectors=vectors,
+                                         lanes=lanes, native=native)
     vectorize_divisor(sch, sch.get_loops(crop)[-1])
-    vectorize_divisor(sch, sch.get_loops(writeback)[-1])
-    sch.unroll(o_in)
-    sch.unroll(vector)
     _pack_weights(sch, found, oc, native=native)
     if not native:
         sch.vectorize(lane)
