@@ -259,42 +259,42 @@ def quantize_convs(mod: "tvm.IRModule", calibration: Calibration) -> "tvm.IRModu
     """``mod`` with its int8-able convolutions and classifier on s8 weights; fills ``calibration``'s outcome.
 
     Fills ``table``, ``int8_convs``, ``int8_dense`` and ``fp32_ops``. The
-    classifier becomes its kernel here (:func:`s8_dense`). The s8 convolutions stay Relax ``conv2d`` calls (fp32 input, s8 weights,
-    fp32 result: the kernel's s32 sums) until the fusion or
-    ``passes.lower_int8_convs`` makes them :func:`tvm_shuffle.schedules.int8.pointwise_conv2d`
-    kernels; run those with :func:`tvm_shuffle.schedules.int8.using_table` on ``calibration.table``.
+    classifier becomes its kernel here (:func:`s8_dense`). The s8
+    convolutions stay Relax ``conv2d`` calls (fp32 input, s8 weights, fp32
+    result: the kernel's s32 sums) until the fusion or
+    ``passes.lower_int8_convs`` makes them
+    :func:`tvm_shuffle.schedules.int8.pointwise_conv2d` kernels; run those
+    with :func:`tvm_shuffle.schedules.int8.using_table` on ``calibration.table``.
     """
-
     import tvm_ffi
 
-    key = tvm_ffi.structural_hash(mod)
-    if key not in calibration.ranges:
-        calibration.ranges[key] = calibrate(mod, calibration)
-    quants = calibration.ranges[key]
-    weights = [quantize_weights(_weight_oi(call)) for call in _int8_calls(mod["main"])]
-    keys = [int8.fingerprint(weight_q) for weight_q, _ in weights]
-    table: dict = calibration.table
-    refused = {key for key, quant in zip(keys, quants)
-               if any(other == key and other_quant != quant for other, other_quant in zip(keys, quants))}
+    module_hash = tvm_ffi.structural_hash(mod)
+    if module_hash not in calibration.ranges:
+        calibration.ranges[module_hash] = calibrate(mod, calibration)
+    quants = calibration.ranges[module_hash]
+    calls = _int8_calls(mod["main"])
+    weights = [quantize_weights(_weight_oi(call)) for call in calls]
+    # A conv kernel finds its input quantization by its weights' fingerprint; the classifier's takes it as an argument.
+    keys = [int8.fingerprint(weight_q) if int8_able(call) else None for call, (weight_q, _) in zip(calls, weights)]
+    convs = [(key, quant) for key, quant in zip(keys, quants) if key is not None]
     # Two convolutions with the same s8 weights and different inputs cannot be told apart by the kernel: both stay fp32.
-    table.update((key, quant) for key, quant in zip(keys, quants) if key not in refused)
+    refused = {key for key, quant in convs if any(other == key and other_quant != quant for other, other_quant in convs)}
+    calibration.table.update((key, quant) for key, quant in convs if key not in refused)
     plan = iter(zip(weights, keys, quants))
 
     def rewrite(call, builder):
-        dense = int8_able_dense(call)
-        if not (dense or int8_able(call)):
+        if not (int8_able_dense(call) or int8_able(call)):
             return call
         (weight_q, weight_scale), key, quant = next(plan)
-        if dense:
+        if key is None:
             return s8_dense(call.args[0], weight_q, quant, weight_scale, builder)
         if key in refused:
             return call
         return s8_conv(call.args[0], weight_q, call.attrs, quant.scale * weight_scale, quant.zero_point)
 
-    calls = _int8_calls(mod["main"])
     out = rewrite_calls(mod, rewrite)
-    calibration.int8_dense = sum(int8_able_dense(call) for call in calls)
-    calibration.int8_convs = sum(key not in refused for key, call in zip(keys, calls) if int8_able(call))
+    calibration.int8_dense = keys.count(None)
+    calibration.int8_convs = sum(key is not None and key not in refused for key in keys)
     calibration.fp32_ops = fp32_operators(out)
     return out
 
