@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tvm_shuffle.tvm_compat import Constant, relax, tvm  # noqa: F401 - tvm names the annotations
 
 
@@ -29,7 +31,9 @@ def constant_bytes(mod: "tvm.IRModule") -> int:
 
     def visit(expr):
         if isinstance(expr, Constant):
-            seen.setdefault(expr.__chandle__(), expr.value.numpy().nbytes)  # the node, not its transient wrapper
+            # Keyed by the node, not its transient Python wrapper; sized from shape and dtype, not a copy of the data.
+            tensor = expr.value
+            seen.setdefault(expr.__chandle__(), math.prod(tensor.shape) * tensor.dtype.itemsize)
 
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
