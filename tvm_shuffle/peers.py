@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -262,8 +263,9 @@ def onnx_weight_bytes(path: Path) -> int:
     """Bytes of an ONNX model's initializers (its weights, and a QDQ model's scales and zero points)."""
     import onnx
 
-    model = onnx.load(str(path))  # external data loaded too
-    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    model = onnx.load(str(path), load_external_data=False)  # sizes come from shapes and types, not the data
+    return sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
 
 
 def _torch_eager(w: Workload) -> Session:
