@@ -11,7 +11,7 @@ import functools
 import numpy as np
 
 from tvm_shuffle.defaults import SHUFFLE_MODES
-from tvm_shuffle.relax_rewrite import rewrite_calls
+from tvm_shuffle.relax_rewrite import rewrite_calls, rewrite_matches
 from tvm_shuffle.tvm_compat import relax, tvm
 
 
@@ -46,8 +46,6 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
     the folded model rounds once. Relax's own ``FoldBatchnormToConv2D`` only
     knows the bias-free form.
     """
-    from tvm.relax.dpl import rewrite_call
-
     mod = relax.transform.FoldConstant()(mod)  # conv biases arrive as reshape(const)
     pattern, conv_p, weight_p, bias_p, bn_p, stats_p = _bn_fold_pattern()
 
@@ -69,11 +67,7 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
         new_conv = relax.Call(conv.op, [conv.args[0], relax.const(new_weight)], conv.attrs)
         return relax.op.add(new_conv, relax.const(shift.astype(dtype).reshape(1, channels, 1, 1)))
 
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            out[gv] = rewrite_call(pattern, rewrite, func)
-    return out
+    return rewrite_matches(mod, pattern, rewrite)
 
 
 def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precision: str = "fp32",
@@ -145,7 +139,7 @@ def merge_constant_adds(mod: "tvm.IRModule") -> "tvm.IRModule":
     Only when ``a + b`` has the shape and dtype of ``a`` (the broadcast of
     ``x`` is unchanged).
     """
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, wildcard
 
     x, a, b = wildcard(), is_const(), is_const()
     inner = is_op("relax.add")(x, a) | is_op("relax.add")(a, x)
@@ -158,11 +152,7 @@ def merge_constant_adds(mod: "tvm.IRModule") -> "tvm.IRModule":
             return expr
         return relax.op.add(matches[x], relax.const(total))
 
-    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            out[gv] = rewrite_call(pattern, rewrite, func)
-    return out
+    return rewrite_matches(mod, pattern, rewrite)
 
 
 def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":

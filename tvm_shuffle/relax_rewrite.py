@@ -1,4 +1,4 @@
-"""Rewriting the calls of a Relax module (the one mutator every graph pass here is written with), and its constants' size."""
+"""Rewriting a Relax module's calls (the mutator every graph pass here is written with) or pattern matches, and its constants' size."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
     return rewriter.builder_.get()
 
 
+def rewrite_matches(mod: "tvm.IRModule", pattern, rewrite) -> "tvm.IRModule":
+    """``mod`` with every match of the dataflow ``pattern`` in its Relax functions replaced by ``rewrite(expr, matches)``."""
+    from tvm.relax.dpl import rewrite_call
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = rewrite_call(pattern, rewrite, func)
+    return out
+
+
 def constant_bytes(mod: "tvm.IRModule") -> int:
     """Bytes of the distinct constants the Relax functions of ``mod`` hold (weights, biases, scales), as stored."""
     seen: dict[int, int] = {}
@@ -41,4 +52,4 @@ def constant_bytes(mod: "tvm.IRModule") -> int:
     return sum(seen.values())
 
 
-__all__ = ["rewrite_calls", "constant_bytes"]
+__all__ = ["rewrite_calls", "rewrite_matches", "constant_bytes"]
