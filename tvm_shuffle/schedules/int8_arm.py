@@ -88,8 +88,7 @@ VECTOR = 4  # 32-bit lanes per NEON register
 FLIP = 0x80808080  # x ^ FLIP turns four u8 bytes into s8 bytes x - 128
 
 # Registers of a 1x1 kernel's register tile: sums, and sums plus its inputs and weights. Six of NEON's 32
-# stay free for the values the loops around it keep (the quantization's constants): with 24 sums and 29 in
-# all they were spilled there.
+# stay free for the values the loops around it keep (the quantization's constants), which a larger tile spills.
 TILE_SUMS = 20
 TILE_REGISTERS = 26
 # Registers of corrections summed at once (four channels each).
@@ -101,8 +100,7 @@ MIN_GROUP_CHANNELS = 8
 # Vectors of 4 sums of the classifier in flight (and as many corrections with sdot).
 DENSE_ACCUMULATORS = 8
 # The classifier without dot products (:mod:`.int8_dense`'s plain 32-bit multiply-adds, 16 outputs per vector):
-# vectors of 16 sums in flight on NEON, 4 registers each. x86's 8 took all 32 registers and spilled 363 times in
-# ShuffleNetV2 1.0x's classifier on the A72.
+# vectors of 16 sums in flight on NEON, 4 registers each (x86's 8 would take all 32 registers and spill).
 PLAIN_DENSE_ACCUMULATORS = 2
 
 
@@ -430,8 +428,8 @@ def schedule_pointwise(sch: Schedule, found, target) -> None:
     outer = sch.fuse(n, p_out, o_out)
     sch.reverse_compute_at(crop, outer)
     vectorize_divisor(sch, sch.get_loops(crop)[-1])
-    # The input stages run first, each in its own parallel loop: inside the loop of tiles, the quantization's
-    # constants stayed live across the dot products and were spilled there.
+    # The input stages run first, each in its own parallel loop: inside the loop of tiles the quantization's
+    # constants would stay live across the dot products and spill.
     for block in (found.pad, found.quads):
         if block is not None:
             sch.parallel(sch.get_loops(block)[1])
@@ -467,7 +465,7 @@ def _vectorize_stages(sch: Schedule, found) -> None:
 
     Sixteen pixels at a time (AVX-512's vector) hold four channels in 16
     NEON registers, and LLVM interleaves several such steps: the constants
-    of the quantization were reloaded from the stack.
+    of the quantization would be reloaded from the stack.
     """
     vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR)
 
