@@ -171,45 +171,72 @@ def shape64(*dims: int) -> tuple:
 def register_intrinsics() -> None:
     """Register the two tensor intrinsics with TVM (once per process)."""
     from tvm.s_tir import TensorIntrin
+
+    TensorIntrin.register(DOT_INTRIN, *dot_step(LANES, DOT_FUNCTION), override=True)
+    TensorIntrin.register(PAIRS_INTRIN, *pairs_step(LANES, PAIRS_FUNCTION), override=True)
+
+
+def dot_step(lanes: int, function: str) -> tuple:
+    """(description, implementation) of one dot-product step: ``lanes`` pixels x 2 input channels, one weight pair.
+
+    The implementation passes the bf16 pairs and the weight pair as 32-bit
+    words to the LLVM function ``function`` (``<lanes x float>(<lanes x
+    float> sums, <lanes x i32> pairs, i32 weights)``), which sees them as bf16.
+    """
     from tvm.script import tirx as T
 
     I64 = T.int64
+    vector = f"float32x{lanes}"
 
     @T.prim_func(s_tir=True)
     def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        A = T.match_buffer(a, (I64(lanes), I64(2)), "bfloat16", offset_factor=2)
         B = T.match_buffer(b, (I64(2),), "bfloat16", offset_factor=2)
-        C = T.match_buffer(c, (I64(16),), "float32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (I64(lanes),), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(2)], B[I64(0):I64(2)])
-            T.writes(C[I64(0):I64(16)])
-            for i, k in T.grid(I64(16), I64(2)):
+            T.reads(C[I64(0):I64(lanes)], A[I64(0):I64(lanes), I64(0):I64(2)], B[I64(0):I64(2)])
+            T.writes(C[I64(0):I64(lanes)])
+            for i, k in T.grid(I64(lanes), I64(2)):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + T.Cast("float32", A[vi, vk]) * T.Cast("float32", B[vk])
 
     @T.prim_func(s_tir=True)
     def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        A = T.match_buffer(a, (I64(lanes), I64(2)), "bfloat16", offset_factor=2)
         B = T.match_buffer(b, (I64(2),), "bfloat16", offset_factor=2)
-        C = T.match_buffer(c, (I64(16),), "float32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (I64(lanes),), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[I64(0):I64(16)], A[I64(0):I64(16), I64(0):I64(2)], B[I64(0):I64(2)])
-            T.writes(C[I64(0):I64(16)])
-            A32 = T.decl_buffer((16,), "int32", data=A.data, elem_offset=A.elem_offset // 2)
+            T.reads(C[I64(0):I64(lanes)], A[I64(0):I64(lanes), I64(0):I64(2)], B[I64(0):I64(2)])
+            T.writes(C[I64(0):I64(lanes)])
+            A32 = T.decl_buffer((lanes,), "int32", data=A.data, elem_offset=A.elem_offset // 2)
             B32 = T.decl_buffer((1,), "int32", data=B.data, elem_offset=B.elem_offset // 2)
-            C[T.ramp(0, 1, 16)] = T.call_extern("float32x16", DOT_FUNCTION, C[T.ramp(0, 1, 16)],
-                                                A32[T.ramp(0, 1, 16)], B32[0])
+            C[T.ramp(0, 1, lanes)] = T.call_extern(vector, function, C[T.ramp(0, 1, lanes)],
+                                                   A32[T.ramp(0, 1, lanes)], B32[0])
+
+    return dot_desc, dot_impl
+
+
+def pairs_step(lanes: int, function: str) -> tuple:
+    """(description, implementation) of one conversion step: ``lanes`` pixels of 2 fp32 channels to interleaved bf16.
+
+    The LLVM function ``function`` (``<lanes x i32>(<lanes x float> even,
+    <lanes x float> odd)``) rounds both to bf16 and interleaves them.
+    """
+    from tvm.script import tirx as T
+
+    I64 = T.int64
+    vector = f"int32x{lanes}"
 
     @T.prim_func(s_tir=True)
     def pairs_desc(a: T.handle, b: T.handle) -> None:
         s = T.int64()
-        A = T.match_buffer(a, (I64(2), I64(16)), "float32", strides=[s, 1], offset_factor=1)
-        B = T.match_buffer(b, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        A = T.match_buffer(a, (I64(2), I64(lanes)), "float32", strides=[s, 1], offset_factor=1)
+        B = T.match_buffer(b, (I64(lanes), I64(2)), "bfloat16", offset_factor=2)
         with T.sblock("root"):
-            T.reads(A[I64(0):I64(2), I64(0):I64(16)])
-            T.writes(B[I64(0):I64(16), I64(0):I64(2)])
-            for i, j in T.grid(I64(16), I64(2)):
+            T.reads(A[I64(0):I64(2), I64(0):I64(lanes)])
+            T.writes(B[I64(0):I64(lanes), I64(0):I64(2)])
+            for i, j in T.grid(I64(lanes), I64(2)):
                 with T.sblock("convert"):
                     vi, vj = T.axis.remap("SS", [i, j])
                     B[vi, vj] = T.Cast("bfloat16", A[vj, vi])
@@ -217,17 +244,16 @@ def register_intrinsics() -> None:
     @T.prim_func(s_tir=True)
     def pairs_impl(a: T.handle, b: T.handle) -> None:
         s = T.int64()
-        A = T.match_buffer(a, (I64(2), I64(16)), "float32", strides=[s, 1], offset_factor=1)
-        B = T.match_buffer(b, (I64(16), I64(2)), "bfloat16", offset_factor=2)
+        A = T.match_buffer(a, (I64(2), I64(lanes)), "float32", strides=[s, 1], offset_factor=1)
+        B = T.match_buffer(b, (I64(lanes), I64(2)), "bfloat16", offset_factor=2)
         with T.sblock("root"):
-            T.reads(A[I64(0):I64(2), I64(0):I64(16)])
-            T.writes(B[I64(0):I64(16), I64(0):I64(2)])
-            B32 = T.decl_buffer((16,), "int32", data=B.data, elem_offset=B.elem_offset // 2)
-            B32[T.ramp(0, 1, 16)] = T.call_extern("int32x16", PAIRS_FUNCTION, A[0, T.ramp(0, 1, 16)],
-                                                  A[1, T.ramp(0, 1, 16)])
+            T.reads(A[I64(0):I64(2), I64(0):I64(lanes)])
+            T.writes(B[I64(0):I64(lanes), I64(0):I64(2)])
+            B32 = T.decl_buffer((lanes,), "int32", data=B.data, elem_offset=B.elem_offset // 2)
+            B32[T.ramp(0, 1, lanes)] = T.call_extern(vector, function, A[0, T.ramp(0, 1, lanes)],
+                                                     A[1, T.ramp(0, 1, lanes)])
 
-    TensorIntrin.register(DOT_INTRIN, dot_desc, dot_impl, override=True)
-    TensorIntrin.register(PAIRS_INTRIN, pairs_desc, pairs_impl, override=True)
+    return pairs_desc, pairs_impl
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +297,7 @@ class PointwiseBF16(dlight.ScheduleRule):
         if target.kind.name != "llvm" or not isinstance(func, tir.PrimFunc):
             return None
         sch = Schedule(func)
-        found = _find(sch)
+        found = find_blocks(sch)
         if found is None:
             return None
         slices = thread_slices(target)
@@ -292,7 +318,7 @@ class _Blocks:
     epilogue: list
 
 
-def _find(sch: Schedule) -> _Blocks | None:
+def find_blocks(sch: Schedule) -> _Blocks | None:
     """The stages of a :func:`pointwise_conv2d` kernel by name, or None when ``sch`` is another kernel."""
     blocks = list(child_blocks(sch))
     names = [sch.get(b).name_hint for b in blocks]
@@ -334,8 +360,8 @@ def plan(sch: Schedule, conv, crop, tiles: Tiles) -> tuple[int, int, int, int]:
 
 def _schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int) -> None:
     register_intrinsics()
-    outer = _tile(sch, found, tiles, lanes=LANES, native=True, thread_slices=slices)
-    _convert_pairs(sch, found.pairs)
+    outer = schedule_tiles(sch, found, tiles, lanes=LANES, dot_intrin=DOT_INTRIN, thread_slices=slices)
+    convert_pairs(sch, found.pairs, LANES, PAIRS_INTRIN)
     sch.annotate(outer, "pragma_import_llvm", LLVM_IR)
 
 
@@ -343,17 +369,21 @@ def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles, slices: 
     """fp32 FMAs on bf16 values widened in registers: the input stored [K / 2, 2, pixels], weights packed."""
     sch.transform_layout(found.pairs, ("write", 0), lambda n, k, p, j: (n, k, j, p))
     sch.transform_block_layout(found.pairs, lambda n, k, p, j: (n, k, j, p))
-    _tile(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, native=False,
-          thread_slices=slices)
+    schedule_tiles(sch, found, Tiles(accumulators=8, tile_vectors=tiles.tile_vectors), lanes=8, dot_intrin=None,
+                   thread_slices=slices)
     *_, last = sch.get_loops(found.pairs)
     vectorize_divisor(sch, last)
 
 
-def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bool, thread_slices: int):
+def schedule_tiles(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, dot_intrin: str | None,
+                   thread_slices: int):
     """Sums of ``channels x vectors`` in registers per pixel chunk; the stages per tile or per plane; the epilogue per channel tile.
 
-    Returns the outermost (parallel) loop.
+    ``dot_intrin`` is the tensor intrinsic of one step (``lanes`` pixels x 1
+    output channel x 2 input channels: a bf16 dot product), or None for fp32
+    FMAs one input channel a step. Returns the outermost (parallel) loop.
     """
+    native = dot_intrin is not None
     crop = fold_epilogue(sch, found.crop, found.epilogue)
     out_channels, padded, pixels, tile = plan(sch, found.conv, crop, tiles)
     oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
@@ -375,7 +405,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     # Last: compute_at needs the reduction whole, and a tensorized block as its consumer.
     sch.decompose_reduction(conv, k)
     if native:
-        sch.tensorize(lane, DOT_INTRIN)
+        sch.tensorize(lane, dot_intrin)
     return outer
 
 
@@ -453,11 +483,11 @@ def _vectorize_flat(sch: Schedule, loop, real: int | None = None) -> None:
         sch.vectorize(part)
 
 
-def _convert_pairs(sch: Schedule, pairs) -> None:
-    """The bf16 input written 16 pixels x 2 channels at a time by the conversion intrinsic."""
+def convert_pairs(sch: Schedule, pairs, lanes: int, intrin: str) -> None:
+    """The bf16 input written ``lanes`` pixels x 2 channels at a time by the conversion intrinsic ``intrin``."""
     *_, p, j = sch.get_loops(pairs)
-    _, lane = sch.split(p, [None, LANES])
-    sch.tensorize(lane, PAIRS_INTRIN)
+    _, lane = sch.split(p, [None, lanes])
+    sch.tensorize(lane, intrin)
 
 
 def vectorize_divisor(sch: Schedule, loop) -> None:
