@@ -49,9 +49,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", "fp32 weights and arithmetic", native={"x86": (), "arm": (), "cuda": ()},
               fallback="", tolerance=1e-4),
     Precision("bf16",
-              "1x1 convolutions with bf16 weights and bf16 inputs, fp32 sums (AVX512_BF16 vdpbf16ps on x86); "
-              "depthwise convolutions, the stem and the classifier stay fp32",
-              native={"x86": ("avx512bf16",)},
+              "1x1 convolutions with bf16 weights and bf16 inputs, fp32 sums (AVX512_BF16 vdpbf16ps on x86, "
+              "bfdot on aarch64 with bf16); depthwise convolutions, the stem and the classifier stay fp32",
+              native={"x86": ("avx512bf16",), "arm": ("bf16",)},
               fallback="bf16 storage only: weights stored in bf16 and widened to fp32 in registers, fp32 FMAs",
               tolerance=2e-2),
     Precision("int8",

@@ -168,7 +168,8 @@ _A64_VECTOR_REG = re.compile(r"^(v\d+\.\d*[bhsd]|[qd]\d+|z\d+(\.[bhsd])?)\b|^\{\
 # NEON and SVE multiply-accumulates (SVE's fmad/fmsb overwrite a multiplicand instead of the sum).
 _A64_FMA = {"fmla", "fmls", "fnmla", "fnmls", "fmad", "fmsb", "fnmad", "fnmsb", "bfmla", "fmlal", "fmlal2", "fmlsl",
             "fmlsl2",
-            "sdot", "udot", "usdot", "sudot", "mla", "mls"}  # the int8 kernels': dot products, 32-bit multiply-adds
+            "sdot", "udot", "usdot", "sudot", "mla", "mls",  # the int8 kernels': dot products, 32-bit multiply-adds
+            "bfdot", "bfmmla", "bfmlalb", "bfmlalt"}  # the bf16 kernels' (Armv8.6 BF16): bf16 products, fp32 sums
 _A64_SCALAR_FMA = {"fmadd", "fmsub", "fnmadd", "fnmsub"}
 _A64_FP_REG = re.compile(r"^(\{\s*)?[vqdshbz]\d+")
 

@@ -11,9 +11,11 @@ Laid out like TVM's dlight rules:
 * :mod:`.cpu` holds the default schedules of the convolutions (stock and
   gathered) for x86 and ARM, with per-ISA tile sizes in :mod:`.constants`;
 * :mod:`.bf16` computes and schedules the bf16 1x1 convolutions of
-  ``--precision bf16`` (AVX512_BF16 dot products on x86);
+  ``--precision bf16`` (AVX512_BF16 dot products on x86), :mod:`.bf16_arm`
+  on aarch64 with ``bfdot``;
 * :mod:`.int8` computes and schedules the int8 1x1 convolutions of
-  ``--quantize int8`` (AVX-512 VNNI dot products on x86);
+  ``--quantize int8`` (AVX-512 VNNI dot products on x86; :mod:`.int8_arm`
+  ``sdot``/``usdot`` on aarch64);
 * :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
   thread a pixel of one or a few channels) and gives every other kernel
   ``tvm.s_tir.dlight``'s GPU rules; :mod:`.int8_gpu` the int8 kernels
@@ -55,18 +57,24 @@ def register_intrinsics(records: str | bytes = b"") -> None:
     The aarch64 int8 intrinsics are made per block shape: those named in
     ``records`` (:func:`.int8_arm.register_named`).
     """
-    from tvm_shuffle.schedules import bf16, int8, int8_arm, int8_dense, int8_gpu
+    from tvm_shuffle.schedules import bf16, bf16_arm, int8, int8_arm, int8_dense, int8_gpu
 
-    for module in (bf16, int8, int8_dense, int8_gpu):
+    for module in (bf16, bf16_arm, int8, int8_dense, int8_gpu):
         module.register_intrinsics()
     int8_arm.register_named(records)
 
 
 def cpu_rules() -> tuple:
-    """The CPU rules: the bf16 and int8 kernels' own (:mod:`.bf16`, :mod:`.int8`, :mod:`.int8_dense`), then :func:`.cpu.default_rules`."""
-    from tvm_shuffle.schedules import bf16, cpu, int8, int8_dense
+    """The CPU rules: the bf16 and int8 kernels' own (:mod:`.bf16_arm`, :mod:`.bf16`, :mod:`.int8`, :mod:`.int8_dense`), then :func:`.cpu.default_rules`.
 
-    return (bf16.PointwiseBF16(), int8.PointwiseInt8(), int8_dense.DenseInt8(), *cpu.default_rules())
+    :mod:`.bf16_arm`'s rule takes the bf16 kernels of aarch64 targets with
+    ``+bf16`` and leaves every other target's to :mod:`.bf16`'s (x86's
+    ``vdpbf16ps``, or storage only).
+    """
+    from tvm_shuffle.schedules import bf16, bf16_arm, cpu, int8, int8_dense
+
+    return (bf16_arm.PointwiseBF16Neon(), bf16.PointwiseBF16(), int8.PointwiseInt8(), int8_dense.DenseInt8(),
+            *cpu.default_rules())
 
 
 def default_schedule(func, target):

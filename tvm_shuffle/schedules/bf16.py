@@ -69,8 +69,13 @@ PAIRS_INTRIN = "tvm_shuffle_bf16_pairs_2x16"
 DOT_FUNCTION = "tvm_shuffle_dpbf16ps"
 PAIRS_FUNCTION = "tvm_shuffle_bf16_pairs"
 
+
+def interleave_mask(lanes: int) -> str:
+    """The ``shufflevector`` mask that interleaves two vectors of ``lanes`` elements (even, odd, even, ...)."""
+    return ", ".join(f"i32 {i // 2 + (i % 2) * lanes}" for i in range(2 * lanes))
+
+
 # The bf16 steps as LLVM IR: TIR cannot hold a bf16 vector past TVM's bf16 legalization, LLVM can.
-_INTERLEAVE = ", ".join(f"i32 {i // 2 + (i % 2) * 16}" for i in range(32))
 LLVM_IR = f"""
 define linkonce_odr <16 x float> @{DOT_FUNCTION}(<16 x float> %acc, <16 x i32> %pairs, i32 %weights) #0 {{
   %a = bitcast <16 x i32> %pairs to <32 x bfloat>
@@ -83,7 +88,7 @@ define linkonce_odr <16 x float> @{DOT_FUNCTION}(<16 x float> %acc, <16 x i32> %
 define linkonce_odr <16 x i32> @{PAIRS_FUNCTION}(<16 x float> %even, <16 x float> %odd) #0 {{
   %e = fptrunc <16 x float> %even to <16 x bfloat>
   %o = fptrunc <16 x float> %odd to <16 x bfloat>
-  %i = shufflevector <16 x bfloat> %e, <16 x bfloat> %o, <32 x i32> <{_INTERLEAVE}>
+  %i = shufflevector <16 x bfloat> %e, <16 x bfloat> %o, <32 x i32> <{interleave_mask(16)}>
   %r = bitcast <32 x bfloat> %i to <16 x i32>
   ret <16 x i32> %r
 }}
@@ -302,7 +307,9 @@ class PointwiseBF16(dlight.ScheduleRule):
             return None
         slices = thread_slices(target)
         if has_native_bf16(target):
-            _schedule_native(sch, found, self.tiles, slices)
+            register_intrinsics()
+            schedule_native(sch, found, self.tiles, slices, lanes=LANES, dot_intrin=DOT_INTRIN,
+                            pairs_intrin=PAIRS_INTRIN, llvm_ir=LLVM_IR)
         else:
             _schedule_storage_only(sch, found, self.tiles, slices)
         return sch
@@ -358,11 +365,16 @@ def plan(sch: Schedule, conv, crop, tiles: Tiles) -> tuple[int, int, int, int]:
     return out_channels, padded, pixels, tile
 
 
-def _schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int) -> None:
-    register_intrinsics()
-    outer = schedule_tiles(sch, found, tiles, lanes=LANES, dot_intrin=DOT_INTRIN, thread_slices=slices)
-    convert_pairs(sch, found.pairs, LANES, PAIRS_INTRIN)
-    sch.annotate(outer, "pragma_import_llvm", LLVM_IR)
+def schedule_native(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int, *, lanes: int, dot_intrin: str,
+                    pairs_intrin: str, llvm_ir: str) -> None:
+    """The kernel with an ISA's bf16 steps: dot products and conversions of ``lanes`` pixels (intrinsics registered).
+
+    ``llvm_ir`` defines the LLVM functions the intrinsics call; the kernel
+    imports it (``pragma_import_llvm``) and LLVM inlines them.
+    """
+    outer = schedule_tiles(sch, found, tiles, lanes=lanes, dot_intrin=dot_intrin, thread_slices=slices)
+    convert_pairs(sch, found.pairs, lanes, pairs_intrin)
+    sch.annotate(outer, "pragma_import_llvm", llvm_ir)
 
 
 def _schedule_storage_only(sch: Schedule, found: _Blocks, tiles: Tiles, slices: int) -> None:
