@@ -8,10 +8,10 @@ channel shuffle's gather folded in). What is ARM's are the two steps it
 tensorizes with, each an LLVM function (:data:`LLVM_IR`) that sees the bf16
 values TIR moves as 32-bit words:
 
-* the dot product, ``bfdot v.4s, v.8h, v.2h[0]``
-  (``llvm.aarch64.neon.bfdot``): 4 pixels x 1 output channel x 2 input
-  channels, the weight pair of the channel a lane of a register loaded
-  from the weights packed ``[O / oc, K / 2, oc, 2]`` at build time;
+* the dot product, ``bfdot v.4s, v.8h, v.8h`` (``llvm.aarch64.neon.bfdot``):
+  4 pixels x 1 output channel x 2 input channels, the channel's weight pair
+  in every lane (one ``ld1r`` per channel and step, from the weights packed
+  ``[O / oc, K / 2, oc, 2]`` at build time);
 * the conversion of the input, ``bfcvtn`` (fp32 -> bf16, round to nearest
   even, as the compute's cast) of two channels and a ``zip1`` of them, 4
   pixels at a time, once per pixel tile.

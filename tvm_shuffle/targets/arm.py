@@ -26,7 +26,9 @@ SPECS = [
     _arm("arm-rpi4", "Raspberry Pi 4 (Cortex-A72, 4 cores)", "cortex-a72", ("+neon",), 4),
     _arm("arm-rpi5", "Raspberry Pi 5 (Cortex-A76, 4 cores)", "cortex-a76", ("+neon", "+dotprod"), 4),
     _arm("arm-graviton2", "AWS Graviton2 (Neoverse N1)", "neoverse-n1", ("+neon", "+dotprod"), 4),
-    _arm("arm-graviton3", "AWS Graviton3 (Neoverse V1, SVE)", "neoverse-v1", ("+neon", "+dotprod", "+sve"), 4),
+    # Neoverse V1 is Armv8.4 with the Armv8.6 bf16 and i8mm extensions: said here, not left to the mcpu.
+    _arm("arm-graviton3", "AWS Graviton3 (Neoverse V1, SVE, bf16, i8mm)", "neoverse-v1",
+         ("+neon", "+dotprod", "+sve", "+bf16", "+i8mm"), 4),
 ]
 
 # `--target arm` means the board most users hold: a Raspberry Pi 4's A72 code
