@@ -23,10 +23,11 @@ import tvm_shuffle as ts
 from tvm_shuffle import build, passes, precisions, targets
 from tvm_shuffle import static_check as sc
 from tvm_shuffle.frontends import from_torch_module
+from tvm_shuffle.models import build_model, randomize_batchnorm
 from tvm_shuffle.schedules import bf16, bf16_arm
 from tvm_shuffle.tvm_compat import Schedule, tir
 
-from conftest import TINY_SHAPE
+from conftest import TINY_SHAPE, TinyShuffleUnit
 from test_int8_arm import arm, disassembly, kernels_using, relative_error
 
 BF16 = precisions.get("bf16")
@@ -54,9 +55,6 @@ def test_graviton3_is_a_native_bf16_preset():
 @pytest.fixture(scope="module")
 def tiny_bf16():
     """The tiny shuffle unit (its 1x1 convolution in bf16) optimized for bf16, once."""
-    from conftest import TinyShuffleUnit
-    from tvm_shuffle.models import randomize_batchnorm
-
     torch.manual_seed(0)
     module = randomize_batchnorm(TinyShuffleUnit()).eval()
     return passes.optimize(from_torch_module(module, TINY_SHAPE, name="tiny").mod, precision="bf16")
@@ -85,8 +83,6 @@ class Emulated:
     """ShuffleNetV2 0.5x in bf16 per preset, run by one example app (cross-built once) under qemu."""
 
     def __init__(self, root):
-        from tvm_shuffle.models import build_model, randomize_batchnorm
-
         torch.manual_seed(0)
         self.module = randomize_batchnorm(build_model("shufflenet_v2_x0_5")).eval()
         self.x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
