@@ -28,7 +28,9 @@ implementation calls a small LLVM IR function (:data:`LLVM_IR`, linked into
 the kernel through ``pragma_import_llvm`` and inlined): TVM's bf16
 legalization turns every bf16 vector expression of TIR into fp32, so the
 intrinsics move the bf16 values as 32-bit integers and only the LLVM
-function sees them as ``bfloat``. Without AVX512_BF16 the same compute runs
+function sees them as ``bfloat``. On aarch64 with ``+bf16``,
+:mod:`.bf16_arm` schedules the same kernels with :func:`schedule_native`
+and NEON steps of its own (``bfdot``). Without either the same compute runs
 with fp32 FMAs, the bf16 values widened in registers (storage only).
 
 Strategy of the native schedule: output channels in tiles of ``oc``, each
