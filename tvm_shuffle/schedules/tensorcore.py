@@ -138,14 +138,14 @@ class Intrinsics:
     load_b: str  # 16 x 16 weight tile, global memory -> wmma.matrix_b (stored [O, K]: column-major)
     sync: str  # C += A x B^T, fp32 accumulators
     fill: str  # C = 0
-    store: str  # C -> shared memory
+    store: str  # C -> dynamic shared memory
 
 
 def intrinsics(dtype: str) -> Intrinsics:
     tag = {"float16": "f16", "bfloat16": "bf16"}[dtype]
     return Intrinsics(f"tvm_shuffle_wmma_load_{tag}_a_shared", f"tvm_shuffle_wmma_load_{tag}_b_trans_global",
                       f"tvm_shuffle_wmma_sync_{tag}{tag}f32_trans", "tvm_shuffle_wmma_fill_f32",
-                      "tvm_shuffle_wmma_store_f32_shared")
+                      "tvm_shuffle_wmma_store_f32_shared_dyn")
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,7 +158,7 @@ def register_intrinsics() -> None:
     cuda = cuda_tensor_intrinsics()
     accumulator = intrinsics(DTYPES[0])
     TensorIntrin.register(accumulator.fill, *cuda.get_wmma_fill_intrin(TILE, TILE, TILE, "float32"), override=True)
-    TensorIntrin.register(accumulator.store, *cuda.get_wmma_store_intrin(TILE, TILE, TILE, "float32", "shared"),
+    TensorIntrin.register(accumulator.store, *cuda.get_wmma_store_intrin(TILE, TILE, TILE, "float32", "shared.dyn"),
                           override=True)
     for dtype in DTYPES:
         names = intrinsics(dtype)
@@ -275,7 +275,10 @@ def schedule(sch: Schedule, kernel: Kernel, const: GPUConstants = GPU, *, tensor
     # The sums: a fragment per warp, stored to shared memory, cropped by the block's threads.
     accumulator = sch.cache_write(conv, 0, "wmma.accumulator")
     sch.reverse_compute_at(accumulator, o_warp)
-    sch.set_scope(accumulator, 0, "shared")  # the conv's own output buffer, between the store and the crop
+    # The conv's own output buffer, between the store and the crop. Dynamic shared memory: TVM's storage
+    # rewrite would give static fp32 sums the fp16 input tile's allocation, and the store's typed pointer
+    # then fails to lower (planes of no whole number of tiles); dynamic allocations are merged by byte offset.
+    sch.set_scope(accumulator, 0, "shared.dyn")
     sch.reverse_compute_at(crop, blocks)
     _bind_threads(sch, sch.fuse(*sch.get_loops(crop)[1:]), warps)
     # The input tile: converted by the block's threads into shared memory, a chunk of channels at a time.
