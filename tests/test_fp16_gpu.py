@@ -160,11 +160,13 @@ def test_the_gpu_schedule_computes_each_kernel_exactly(odd_unit, precision):
     assert len(checked) == 2, checked  # the branch conv and the conv reading the shuffle through a gather
 
 
-@pytest.mark.parametrize("precision", [p.name for p in REDUCED])
-def test_a_model_with_the_gpu_schedules_stays_within_tolerance_of_fp32(odd_unit, precision):
-    """The whole model, its 1x1 kernels scheduled for the GPU (run serially), weights padded once at build time."""
-    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
-    lowered = tensor_core_kernels(odd_unit, precision)
+def serial_model_logits(module, precision: str, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The model built with its 1x1 kernels scheduled for the GPU and run serially on the CPU; and PyTorch fp32's logits.
+
+    The weights are padded once at build time, as in the CUDA build.
+    """
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    lowered = tensor_core_kernels(module, precision, shape)
     for gv, func in list(lowered.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc) and tensorcore.find(Schedule(func)) is not None:
             lowered.update_func(gv, on_cpu(func))
@@ -176,11 +178,26 @@ def test_a_model_with_the_gpu_schedules_stays_within_tolerance_of_fp32(odd_unit,
         executable = tvm.compile(packed, target=llvm, relax_pipeline=tvm.transform.Sequential(
             [*backend.dataflow_lower_passes(llvm), *backend.finalize_passes(llvm)]))
     out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    ours = (out if hasattr(out, "numpy") else out[0]).numpy()
     with torch.no_grad():
-        reference = odd_unit(torch.from_numpy(x)).numpy()
+        reference = module(torch.from_numpy(x)).numpy()
+    return (out if hasattr(out, "numpy") else out[0]).numpy(), reference
+
+
+@pytest.mark.parametrize("precision", [p.name for p in REDUCED])
+def test_a_model_with_the_gpu_schedules_stays_within_tolerance_of_fp32(odd_unit, precision):
+    ours, reference = serial_model_logits(odd_unit, precision, SHAPE)
     error = relative_error(ours, reference)
     assert 0 < error < precisions.get(precision).tolerance, error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", [p.name for p in REDUCED])
+def test_shufflenet_with_the_gpu_schedules_stays_within_tolerance_of_fp32(precision):
+    """ShuffleNetV2 0.5x (randomized BatchNorm, 64x64): its 20 1x1 kernels as on the GPU, run serially."""
+    ours, reference = serial_model_logits(randomize_batchnorm(build_model("shufflenet_v2_x0_5"), 0), precision,
+                                          (1, 3, 64, 64))
+    assert 0 < relative_error(ours, reference) < precisions.get(precision).tolerance
+    assert ours.argmax() == reference.argmax()
 
 
 # ---------------------------------------------------------------------------
