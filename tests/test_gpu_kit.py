@@ -100,7 +100,7 @@ def test_pack_writes_a_small_kit_of_device_code(kit):
     assert bundle["launch_plan"]["graph_launches"] == 1
     for rel in ("run_gpu.py", "app/classify", info["ffi_wheel"], bundle["weights"], bundle["expected"],
                 "py/tvm_shuffle/models.py", f"{bundle['dir']}/model.so", f"{bundle['dir']}/manifest.json"):
-        assert rel in info["files"] or rel in info["copies"], rel
+        assert rel in info["files"] or rel in info["copies"] or rel in info["compressed"], rel
     # The int8 bundle: dp4a kernels (native), the synthetic calibration set, the int8 tolerance to check it with.
     assert int8["name"] == "shufflenet_v2_x0_5_b1_int8" and int8["weights"] == bundle["weights"]
     assert int8["precision"]["name"] == "int8" and int8["precision"]["mode"] == "native"
@@ -110,13 +110,16 @@ def test_pack_writes_a_small_kit_of_device_code(kit):
     assert int8["launch_plan"]["graph_launches"] == 1
     assert int8["launch_plan"]["kernels_in_graphs"] + int8["launch_plan"]["kernels_outside_graphs"] == \
         bundle["launch_plan"]["kernels_in_graphs"] + bundle["launch_plan"]["kernels_outside_graphs"]
-    assert int8["expected_x86_int8"] in info["files"] and b"__dp4a" not in (kit / int8["dir"] / "model.so").read_bytes()
+    library = run_gpu.stored_bytes(kit, info, f"{int8['dir']}/model.so")
+    assert int8["expected_x86_int8"] in info["files"] and b"__dp4a" not in library
     # The fp16 bundle: tensor-core kernels (native on sm_90), the same randomized network, fp16's tolerance.
     assert fp16["name"] == "shufflenet_v2_x0_5_b1_fp16" and fp16["batchnorm_seed"] == pack.BN_SEED
     assert fp16["precision"] == {"name": "fp16", "mode": "native", "tolerance": precisions.get("fp16").tolerance}
     assert fp16["device_code"] == {"fatbin": True, "cuda_source": False, "cuda_graph": True}
     assert "expected_x86_int8" not in fp16 and fp16["expected"] in info["files"]
     assert "-cp312-" in info["ffi_wheel"] and info["tvm_ffi"] in info["ffi_wheel"]
+    # Each model.so is stored gzipped; run_gpu.py writes it back, checked against the bundle's manifest.
+    assert info["compressed"][f"{bundle['dir']}/model.so"]["stored"] == f"{bundle['dir']}/model.so.gz"
     # The runtime libraries are stored once, and put back in place by run_gpu.py.
     assert info["copies"][f"{bundle['dir']}/lib/libtvm_ffi.so"] == info["copies"]["app/libtvm_ffi.so"]
 
@@ -152,13 +155,13 @@ def test_self_check_names_a_damaged_file(kit, tmp_path):
     damaged = tmp_path / "kit"
     shutil.copytree(kit, damaged)
     info = json.loads((damaged / "kit.json").read_text())
-    library = damaged / info["bundles"][0]["dir"] / "model.so"
+    library = damaged / info["bundles"][0]["dir"] / "model.so.gz"
     data = bytearray(library.read_bytes())
     data[len(data) // 2] ^= 0xFF
     library.write_bytes(bytes(data))
     done = _self_check(damaged)
     assert done.returncode == 1
-    assert f"FAIL {len(info['files'])} files match kit.json: {info['bundles'][0]['dir']}/model.so does not match" \
+    assert f"FAIL {len(info['files'])} files match kit.json: {info['bundles'][0]['dir']}/model.so.gz does not match" \
         in done.stdout
 
 
