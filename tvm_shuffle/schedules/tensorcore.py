@@ -25,13 +25,13 @@ so they share the block's input tile, which its threads convert into
 shared memory :func:`channel_chunk` channels at a time (neighbouring
 threads neighbouring pixels of one channel: the fp32 reads coalesce). The
 weights' fragments load straight from global memory (every block reads
-different ones once). The sums go to shared memory, and the block's
-threads write the real outputs through the crop and the epilogue (bias,
-ReLU, ...), neighbouring threads neighbouring pixels. At batch 1 ShuffleNet
-is launch-bound and its 1x1 convolutions are small (7x7 to 28x28 planes,
-24 to 1024 channels): one warp per 256 sums launches 116 to 392 warps per
-convolution of ShuffleNetV2 1.0x, which fills a GPU, where larger warp
-tiles would leave most of it idle.
+different ones once). The sums go to (dynamic) shared memory, and the
+block's threads write the real outputs through the crop and the epilogue
+(bias, ReLU, ...), neighbouring threads neighbouring pixels. At batch 1
+ShuffleNet is launch-bound and its 1x1 convolutions are small (7x7 to
+56x56 planes, 24 to 1024 channels): one warp per 256 sums launches 60
+(7x7, 232 channels) to 784 (56x56, 58 channels) warps per convolution of
+ShuffleNetV2 1.0x, where larger warp tiles would leave most of a GPU idle.
 
 ``mma_sync`` of fp16 (sm_70 and later) and bf16 (sm_80 and later; older
 GPUs have no bf16 tensor cores) with fp32 accumulators. Where the target
