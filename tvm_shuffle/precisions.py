@@ -1,8 +1,10 @@
 """Numeric precisions a model can be built in, as a registry of plain data.
 
 Inputs and outputs of a bundle are fp32 in every precision; a precision
-says how the convolutions inside store their weights and compute. The CLIs'
-``--precision`` choices and the tests' parametrization come from
+says how the convolutions inside store their weights and compute, which
+target families build it at all (fp16 only CUDA: :meth:`Precision.check_family`
+refuses it elsewhere, naming :func:`for_family`), and where it is native. The
+CLIs' ``--precision`` choices and the tests' parametrization come from
 :data:`PRECISIONS`. No imports of TVM or torch here: ``--help`` reads it.
 """
 
@@ -15,7 +17,7 @@ from tvm_shuffle.errors import UserError, unknown_name
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
-    """One precision: what it means, which targets compute it natively, and what the others do."""
+    """One precision: what it means, which target families build it, which compute it natively, and what the others do."""
 
     name: str
     description: str
