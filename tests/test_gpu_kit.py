@@ -1,7 +1,7 @@
 """The GPU benchmark kit (benchmarks/gpu): CUDA bundles with CUDA graphs, packed and self-checked without a GPU.
 
 The kit is packed once for ShuffleNetV2 0.5x at 1x3x64x64 (batch 1), in
-fp32 and in int8: its bundles must hold device code, never CUDA source;
+fp32, int8 and fp16: its bundles must hold device code, never CUDA source;
 ``run_gpu.py --self-check`` must pass on it here, fail on a damaged copy,
 and ``run_gpu.py --out`` must refuse, in one line, to run without a GPU.
 """
@@ -77,7 +77,7 @@ def test_cuda_bundle_replays_its_network_as_one_cuda_graph(tmp_path):
 def kit(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "kit"
     code = pack.main(["--out", str(out), "--models", "shufflenet_v2_x0_5", "--batches", "1", "--input-size", "64",
-                      "--int8", "shufflenet_v2_x0_5:1", "--work-dir", str(out.parent / "no-records"),
+                      "--int8", "shufflenet_v2_x0_5:1", "--fp16", "shufflenet_v2_x0_5:1", "--work-dir", str(out.parent / "no-records"),
                       "--no-self-check"])
     assert code == 0
     return out
@@ -93,14 +93,14 @@ def test_pack_writes_a_small_kit_of_device_code(kit):
     info = json.loads((kit / "kit.json").read_text())
     total = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
     assert total < 60e6
-    bundle, int8 = info["bundles"]
+    bundle, int8, fp16 = info["bundles"]
     assert bundle["name"] == "shufflenet_v2_x0_5_b1" and bundle["input_shape"] == [1, 3, 64, 64]
     assert bundle["schedules"] == "default schedules" and bundle["precision"]["name"] == "fp32"
     assert bundle["device_code"] == {"fatbin": True, "cuda_source": False, "cuda_graph": True}
     assert bundle["launch_plan"]["graph_launches"] == 1
     for rel in ("run_gpu.py", "app/classify", info["ffi_wheel"], bundle["weights"], bundle["expected"],
                 "py/tvm_shuffle/models.py", f"{bundle['dir']}/model.so", f"{bundle['dir']}/manifest.json"):
-        assert rel in info["files"] or rel in info["copies"], rel
+        assert rel in info["files"] or rel in info["copies"] or rel in info["compressed"], rel
     # The int8 bundle: dp4a kernels (native), the synthetic calibration set, the int8 tolerance to check it with.
     assert int8["name"] == "shufflenet_v2_x0_5_b1_int8" and int8["weights"] == bundle["weights"]
     assert int8["precision"]["name"] == "int8" and int8["precision"]["mode"] == "native"
@@ -110,8 +110,16 @@ def test_pack_writes_a_small_kit_of_device_code(kit):
     assert int8["launch_plan"]["graph_launches"] == 1
     assert int8["launch_plan"]["kernels_in_graphs"] + int8["launch_plan"]["kernels_outside_graphs"] == \
         bundle["launch_plan"]["kernels_in_graphs"] + bundle["launch_plan"]["kernels_outside_graphs"]
-    assert int8["expected_x86_int8"] in info["files"] and b"__dp4a" not in (kit / int8["dir"] / "model.so").read_bytes()
+    library = run_gpu.stored_bytes(kit, info, f"{int8['dir']}/model.so")
+    assert int8["expected_x86_int8"] in info["files"] and b"__dp4a" not in library
+    # The fp16 bundle: tensor-core kernels (native on sm_90), the same randomized network, fp16's tolerance.
+    assert fp16["name"] == "shufflenet_v2_x0_5_b1_fp16" and fp16["batchnorm_seed"] == pack.BN_SEED
+    assert fp16["precision"] == {"name": "fp16", "mode": "native", "tolerance": precisions.get("fp16").tolerance}
+    assert fp16["device_code"] == {"fatbin": True, "cuda_source": False, "cuda_graph": True}
+    assert "expected_x86_int8" not in fp16 and fp16["expected"] in info["files"]
     assert "-cp312-" in info["ffi_wheel"] and info["tvm_ffi"] in info["ffi_wheel"]
+    # Each model.so is stored gzipped; run_gpu.py writes it back, checked against the bundle's manifest.
+    assert info["compressed"][f"{bundle['dir']}/model.so"]["stored"] == f"{bundle['dir']}/model.so.gz"
     # The runtime libraries are stored once, and put back in place by run_gpu.py.
     assert info["copies"][f"{bundle['dir']}/lib/libtvm_ffi.so"] == info["copies"]["app/libtvm_ffi.so"]
 
@@ -138,7 +146,8 @@ def test_self_check_passes_here(kit):
     assert lines[-1] == "self-check passed"
     assert all(line.startswith("ok ") for line in lines[:-1]), done.stdout
     assert any("C++ app" in line for line in lines) and any("PyTorch on the CPU" in line for line in lines)
-    assert any(line.startswith("ok   shufflenet_v2_x0_5_b1_int8: PyTorch on the CPU") for line in lines), done.stdout
+    for name in ("shufflenet_v2_x0_5_b1_int8", "shufflenet_v2_x0_5_b1_fp16"):
+        assert any(line.startswith(f"ok   {name}: PyTorch on the CPU") for line in lines), done.stdout
 
 
 @pytest.mark.slow
@@ -146,13 +155,13 @@ def test_self_check_names_a_damaged_file(kit, tmp_path):
     damaged = tmp_path / "kit"
     shutil.copytree(kit, damaged)
     info = json.loads((damaged / "kit.json").read_text())
-    library = damaged / info["bundles"][0]["dir"] / "model.so"
+    library = damaged / info["bundles"][0]["dir"] / "model.so.gz"
     data = bytearray(library.read_bytes())
     data[len(data) // 2] ^= 0xFF
     library.write_bytes(bytes(data))
     done = _self_check(damaged)
     assert done.returncode == 1
-    assert f"FAIL {len(info['files'])} files match kit.json: {info['bundles'][0]['dir']}/model.so does not match" \
+    assert f"FAIL {len(info['files'])} files match kit.json: {info['bundles'][0]['dir']}/model.so.gz does not match" \
         in done.stdout
 
 
@@ -171,12 +180,21 @@ def test_run_gpu_needs_out_or_self_check(capsys):
     assert exit_.value.code == 2 and "--out RESULTS is required" in capsys.readouterr().err
 
 
+def test_reduced_precision_bundles_follow_the_fp32_bundle_of_their_model_and_batch():
+    reduced = {"int8": [("a", 1)], "fp16": [("a", 1), ("c", 1)]}
+    assert pack.plan(["a", "b"], [1, 64], reduced) == [
+        ("a", 1, "fp32"), ("a", 1, "int8"), ("a", 1, "fp16"), ("a", 64, "fp32"), ("b", 1, "fp32"), ("b", 64, "fp32"),
+        ("c", 1, "fp16")]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "sm_12"], "--arch sm_12 has no CUDA preset; valid: sm_75, sm_80"),
     (["--batches", "0"], "--batches '0' must be positive integers"),
     (["--models", "resnet50"], "unknown model(s) resnet50"),
     (["--int8", "shufflenet_v2_x0_5"], "--int8 'shufflenet_v2_x0_5': each item is MODEL:BATCH"),
     (["--int8", "resnet50:1"], "unknown model(s) resnet50"),
+    (["--fp16", "shufflenet_v2_x0_5:0"], "--fp16 'shufflenet_v2_x0_5:0': each item is MODEL:BATCH"),
+    (["--fp16", "resnet50:1"], "unknown model(s) resnet50"),
 ])
 def test_pack_rejects_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
     assert pack.main(["--out", str(tmp_path / "kit"), *argv]) == 2

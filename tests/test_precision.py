@@ -61,7 +61,7 @@ def test_native_only_where_the_target_has_the_instructions():
 
 
 def test_a_bad_precision_is_one_user_error(tiny_module, tiny_input):
-    with pytest.raises(UserError, match="unknown precision 'fp8'.*bf16, fp32"):
+    with pytest.raises(UserError, match="unknown precision 'fp8'.*bf16, fp16, fp32"):
         ts.compile(tiny_module, example_inputs=(torch.from_numpy(tiny_input),), precision="fp8", quiet=True)
 
 

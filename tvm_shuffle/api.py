@@ -181,10 +181,11 @@ def resolve_target(target: str | TargetSpec) -> TargetSpec:
     return spec
 
 
-def _check_precision(precision: str) -> None:
+def _check_precision(precision: str, spec) -> None:
+    """A known precision that ``spec``'s family builds (one UserError otherwise, before anything slow)."""
     from tvm_shuffle import precisions
 
-    precisions.get(precision)
+    precisions.get(precision).check_family(spec)
 
 
 def _check_shuffle(shuffle: str) -> None:
@@ -239,7 +240,7 @@ def compile(model, target: str | TargetSpec = "x86", *, input_shape: Sequence[in
 
     spec = resolve_target(target)
     _check_shuffle(shuffle)
-    _check_precision(precision)
+    _check_precision(precision, spec)
     _check_calibration(precision, calibration, calibrator)
     imported = _import(model, input_shape=input_shape, example_inputs=example_inputs, weights=weights, quiet=quiet)
     start = time.perf_counter()
@@ -334,7 +335,7 @@ def tune(model, target: str | TargetSpec = "x86", *, trials: int | None = None,
         raise UserError(f"trials must be >= 0, not {trials}")
     spec = resolve_target(target)
     _check_shuffle(shuffle)
-    _check_precision(precision)
+    _check_precision(precision, spec)
     _check_calibration(precision, calibration, calibrator)
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")

@@ -301,6 +301,7 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
     if qdq.carries_quantization(imported.mod):
         precision, calibration = model_quantization(imported, precision, calibration)
     chosen = precisions.get(precision)
+    chosen.check_family(spec)
     mode = chosen.mode(spec)
     if mode != "native":
         features = chosen.native.get(spec.family, ())
@@ -311,7 +312,8 @@ def compile_imported(imported: Imported, spec: TargetSpec, *, shuffle: str = "fu
         calibration = quantize.load_calibration(None, imported.input_shape)
     report = schedules.FusionReport()
     mod = passes.optimize(imported.mod, shuffle=shuffle, report=report, precision=precision,
-                          calibration=calibration if chosen.calibrated else None)
+                          calibration=calibration if chosen.calibrated else None,
+                          tensor_cores=spec.family == "cuda")
     if verbose:
         print(passes.describe_change(imported.mod, mod), file=sys.stderr)
         print(report.summary(), file=sys.stderr)

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 
 import numpy as np
 
+from tvm_shuffle import precisions
 from tvm_shuffle.defaults import SHUFFLE_MODES
 from tvm_shuffle.relax_rewrite import rewrite_calls, rewrite_matches
 from tvm_shuffle.tvm_compat import relax, tvm
@@ -71,13 +73,16 @@ def fold_batchnorm(mod: "tvm.IRModule") -> "tvm.IRModule":
 
 
 def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precision: str = "fp32",
-             calibration=None) -> "tvm.IRModule":
+             calibration=None, tensor_cores: bool = False) -> "tvm.IRModule":
     """Graph passes in order: constant folding, BN folding, channel-shuffle fusion.
 
     ``report`` (a ``schedules.FusionReport``) is filled in by the fusion when given.
     ``precision="bf16"`` stores the 1x1 convolutions' weights in bf16 before the
     fusion and makes every such convolution a bf16 kernel after it
-    (:mod:`tvm_shuffle.schedules.bf16`). ``precision="int8"`` calibrates on
+    (:mod:`tvm_shuffle.schedules.bf16`); ``precision="fp16"`` does the same
+    in fp16. With ``tensor_cores`` (CUDA builds) the bf16 and fp16 kernels
+    are tensor-core kernels (:mod:`tvm_shuffle.schedules.tensorcore`).
+    ``precision="int8"`` calibrates on
     ``calibration`` (a :class:`tvm_shuffle.quantize.Calibration`, which it
     fills in) and quantizes the 1x1 convolutions before the fusion, and
     makes each an int8 kernel (:mod:`tvm_shuffle.schedules.int8`). A
@@ -105,8 +110,9 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
                                     relax.transform.DeadCodeElimination()])(mod)
     from tvm_shuffle.schedules import fuse_shuffles, report_stock
 
-    if precision == "bf16":
-        mod = store_weights_bf16(mod)
+    weights = precisions.get(precision).weights
+    if weights in REDUCED_FLOATS:
+        mod = store_weights(mod, weights)
     if precision == "int8":
         from tvm_shuffle import quantize
         from tvm_shuffle.schedules import int8
@@ -122,12 +128,15 @@ def optimize(mod: "tvm.IRModule", *, shuffle: str = "fused", report=None, precis
             elif report is not None:
                 report_stock(mod, report)
             return lower_int8_convs(mod)
-    if shuffle == "fused":
-        mod = fuse_shuffles(mod, report)
-    elif report is not None:
-        report_stock(mod, report)
-    if precision == "bf16":
-        mod = lower_bf16_convs(mod)
+    from tvm_shuffle.schedules import tensorcore
+
+    with tensorcore.on_tensor_cores() if tensor_cores else contextlib.nullcontext():
+        if shuffle == "fused":
+            mod = fuse_shuffles(mod, report)
+        elif report is not None:
+            report_stock(mod, report)
+        if weights in REDUCED_FLOATS:
+            mod = lower_reduced_float_convs(mod)
     return mod
 
 
@@ -155,18 +164,25 @@ def merge_constant_adds(mod: "tvm.IRModule") -> "tvm.IRModule":
     return rewrite_matches(mod, pattern, rewrite)
 
 
-def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":
-    """Every 1x1 conv2d (NCHW, dense, stride 1, constant weights, even input channels) with its weights in bf16.
+REDUCED_FLOATS = ("bfloat16", "float16")  # weight dtypes whose 1x1 convolutions get kernels of their own
 
-    The conv keeps an fp32 input and output (``out_dtype``). Runs before the
-    channel-shuffle fusion, which carries the bf16 weights into the
-    convolutions it rewrites (:func:`tvm_shuffle.schedules.kernels.gathered_conv2d`
-    then computes them with :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d`).
+
+def store_weights(mod: "tvm.IRModule", dtype: str) -> "tvm.IRModule":
+    """Every 1x1 conv2d (NCHW, dense, stride 1, constant weights, even input channels) with its weights in ``dtype``.
+
+    ``dtype`` is one of :data:`REDUCED_FLOATS`. The conv keeps an fp32 input
+    and output (``out_dtype``). Runs before the channel-shuffle fusion, which
+    carries the weights into the convolutions it rewrites
+    (:func:`tvm_shuffle.schedules.kernels.gathered_conv2d` then computes them
+    with :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` or
+    :func:`tvm_shuffle.schedules.tensorcore.pointwise_conv2d`).
     """
     import ml_dtypes
 
     from tvm_shuffle.schedules.bf16 import is_pointwise
     from tvm_shuffle.tvm_compat import Constant
+
+    numpy_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
 
     def convert(call, _builder):
         if not _is_conv(call) or not isinstance(call.args[1], Constant):
@@ -177,25 +193,31 @@ def store_weights_bf16(mod: "tvm.IRModule") -> "tvm.IRModule":
                 or attrs.out_layout not in ("NCHW", "")
                 or not is_pointwise(weight.shape, attrs.strides, attrs.padding, attrs.dilation, int(attrs.groups))):
             return call
-        return relax.op.nn.conv2d(call.args[0], relax.const(weight.astype(ml_dtypes.bfloat16)), strides=attrs.strides,
+        return relax.op.nn.conv2d(call.args[0], relax.const(weight.astype(numpy_dtype)), strides=attrs.strides,
                                   padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
                                   data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="float32")
 
     return rewrite_calls(mod, convert)
 
 
-def lower_bf16_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
-    """The conv2d calls with bf16 weights that the fusion left as they were, as :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` kernels."""
-    from tvm_shuffle.schedules import kernels
-    from tvm_shuffle.schedules.bf16 import CONV, pointwise_conv2d
+def lower_reduced_float_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
+    """The conv2d calls with bf16/fp16 weights that the fusion left as they were, as the kernels the fusion makes of them.
+
+    That is :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d`, or under
+    :func:`tvm_shuffle.schedules.tensorcore.on_tensor_cores` (and for fp16
+    always) :func:`tvm_shuffle.schedules.tensorcore.pointwise_conv2d`.
+    """
+    from tvm_shuffle.schedules import bf16, kernels, tensorcore
 
     def lower(call, builder):
-        if not _is_conv(call) or str(call.args[1].ty.dtype) != "bfloat16":
+        dtype = str(call.args[1].ty.dtype) if _is_conv(call) else ""
+        if dtype not in REDUCED_FLOATS:
             return call
+        module = tensorcore if tensorcore.computes(dtype) else bf16
         channels = int(call.args[0].ty.shape.values[1])
-        compute = functools.partial(pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
+        compute = functools.partial(module.pointwise_conv2d, gather=kernels.Segments(((0, channels, 0, 0),)),
                                     out_dtype="float32")
-        return builder.call_te(compute, *call.args, primfunc_name_hint=CONV)
+        return builder.call_te(compute, *call.args, primfunc_name_hint=module.CONV)
 
     return rewrite_calls(mod, lower)
 

@@ -424,8 +424,8 @@ def report(model, target: str | targets.TargetSpec = "x86", *, peers: Sequence[s
     timing = Timing(warmup, repeat, rounds)
     timing.check()
     engines = engines_registry.select(peers)  # an unknown engine fails before the slow part
-    api._check_precision(precision)
     spec = api.resolve_target(target)
+    api._check_precision(precision, spec)
     if rpc_key and not rpc_tracker:
         raise UserError("rpc_key needs rpc_tracker (HOST:PORT)")
     tracker, emulated = _remote(spec, rpc_tracker, rpc_key, rpc_timeout)

@@ -34,7 +34,7 @@ TVM_VERSION = tvm.__version__
 
 __all__ = ["tvm", "relax", "tir", "ms", "dlight", "cc", "te", "topi", "arith", "Schedule", "Trace", "Constant", "TensorLoad", "derived_object",
            "from_onnx", "from_exported_program", "estimate_tir_flops", "make_target", "llvm_host_cpu",
-           "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "target_has_feature", "TVM_VERSION", "VERIFIED_TVM"]
+           "backend_pipeline", "onnx_supported_ops", "import_tensor_intrinsics", "cuda_tensor_intrinsics", "target_has_feature", "TVM_VERSION", "VERIFIED_TVM"]
 
 
 def make_target(target: Mapping[str, Any], host: Mapping[str, Any] | None = None) -> "tvm.target.Target":
@@ -60,17 +60,27 @@ def onnx_supported_ops() -> frozenset[str]:
 
 
 def target_has_feature(target: "tvm.target.Target", feature: str) -> bool:
-    """Whether an LLVM target has a CPU feature (``avx512bf16``, ``neon``); False for any other kind of target.
+    """Whether a target has a feature: an LLVM CPU feature (``avx512bf16``, ``neon``), or on CUDA a compute capability.
 
     LLVM raises for a feature name it does not know on the target's
     architecture (``avx512f`` on aarch64): that target does not have it.
+    A CUDA target has ``sm_XY`` when its ``arch`` is ``sm_XY`` or later.
+    Any other kind of target has none.
     """
+    if target.kind.name == "cuda":
+        return _compute_capability(str(target.attrs.get("arch", ""))) >= _compute_capability(feature) > 0
     if target.kind.name != "llvm":
         return False
     try:
         return bool(tvm.target.codegen.target_has_features(feature, target))
     except tvm.error.TVMError:
         return False
+
+
+def _compute_capability(arch: str) -> int:
+    """``80`` for ``sm_80`` (``sm_90a``: 90); 0 for anything else."""
+    digits = arch[3:].rstrip("abf") if arch.startswith("sm_") else ""
+    return int(digits) if digits.isdigit() else 0
 
 
 def llvm_host_cpu() -> str:
@@ -114,3 +124,11 @@ def import_tensor_intrinsics() -> None:
         importlib.import_module("tvm.s_tir.tensor_intrin")
     finally:
         inspect.stack = stack
+
+
+def cuda_tensor_intrinsics():
+    """``tvm.s_tir.tensor_intrin.cuda``, the generators of TVM's CUDA tensor intrinsics (imported quickly)."""
+    import importlib
+
+    import_tensor_intrinsics()
+    return importlib.import_module("tvm.s_tir.tensor_intrin.cuda")

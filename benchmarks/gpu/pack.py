@@ -17,6 +17,9 @@ at most ``--max-mb`` (60) MB:
   the zoo's untrained logits barely depend on the convolutions, so int8
   error would not show), with ``expected/<bundle>.x86_int8.npy``, the same
   int8 network's logits from its x86 build here;
+* ``bundles/<model>_b<batch>_fp16/``: the ``--fp16`` models (default
+  ShuffleNetV2 1.0x at batch 1) built with ``precision="fp16"`` (1x1
+  convolutions on tensor cores), from the same randomized network;
 * ``weights/<model>.npz`` and ``py/tvm_shuffle/models.py``: the same network
   for PyTorch, with ``expected/<bundle>.npy``, its CPU logits on the seeded
   input, to check the weights arrive whole;
@@ -26,14 +29,16 @@ at most ``--max-mb`` (60) MB:
 * ``run_gpu.py``: the runner, and ``kit.json``: every file's size and sha256.
 
 Files that several bundles share (the runtime libraries, headers, examples)
-are stored once under ``common/``; ``run_gpu.py`` copies them back into
-place before it runs. ``pack.py`` ends by running ``run_gpu.py --self-check``.
+are stored once under ``common/``, and each bundle's ``model.so`` is stored
+gzipped (``model.so.gz``); ``run_gpu.py`` puts them back into place before
+it runs. ``pack.py`` ends by running ``run_gpu.py --self-check``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import importlib.metadata
 import json
 import os
@@ -58,7 +63,8 @@ MODELS = ("shufflenet_v2_x1_0", "shufflenet_v2_x0_5")
 BATCHES = (1, 64)
 INPUT_SEED = 0
 INT8_BUNDLES = "shufflenet_v2_x1_0:1"  # --int8 default: MODEL:BATCH pairs also built in int8
-BN_SEED = 0  # models.randomize_batchnorm's seed for the int8 bundles' network (run_gpu.py applies the same)
+FP16_BUNDLES = "shufflenet_v2_x1_0:1"  # --fp16 default: MODEL:BATCH pairs also built in fp16 (tensor cores)
+BN_SEED = 0  # models.randomize_batchnorm's seed for the reduced-precision bundles' network (run_gpu.py applies the same)
 # 64 MiB (67.1 MB) travel to the GPU machine in all, the repository's own files (1.5 MB) included.
 MAX_MB = 62.5
 # The zoo's PyTorch definition and what it imports: pure torch, copied into the kit as they are.
@@ -76,21 +82,21 @@ def bundle_name(model: str, batch: int, precision: str = "fp32") -> str:
     return f"{model}_b{batch}" + ("" if precision == "fp32" else f"_{precision}")
 
 
-def parse_int8(text: str) -> tuple[tuple[str, int], ...]:
-    """``--int8``: comma-separated MODEL:BATCH pairs, or ``none``."""
+def parse_pairs(option: str, text: str) -> tuple[tuple[str, int], ...]:
+    """``--int8`` / ``--fp16``: comma-separated MODEL:BATCH pairs, or ``none``."""
     if text.strip().lower() == "none":
         return ()
     pairs = []
     for item in text.split(","):
         model, _, batch = item.partition(":")
         if not model or not batch.isdigit() or int(batch) <= 0:
-            raise UserError(f"--int8 {text!r}: each item is MODEL:BATCH (e.g. shufflenet_v2_x1_0:1), or none")
+            raise UserError(f"{option} {text!r}: each item is MODEL:BATCH (e.g. shufflenet_v2_x1_0:1), or none")
         pairs.append((model, int(batch)))
     return tuple(pairs)
 
 
 def network(model: str, randomized_bn: bool):
-    """The zoo network with its seeded weights; BatchNorm randomized (seed ``BN_SEED``) for the int8 bundles."""
+    """The zoo network with its seeded weights; BatchNorm randomized (seed ``BN_SEED``) for the reduced-precision bundles."""
     from tvm_shuffle import models
 
     module = models.build_model(model)
@@ -114,9 +120,9 @@ def build_bundle(model: str, spec, input_shape: Sequence[int], out_dir: Path, wo
     """Build ``model`` for ``spec`` and save its bundle to ``out_dir``; returns how it was scheduled, and its manifest.
 
     Tuned when ``work_dir`` holds CUDA records for this model, target and
-    input shape, else TVM's and tvm_shuffle's default GPU schedules. int8:
-    the network of :func:`network` with randomized BatchNorm, calibrated on
-    the synthetic set (``quantize.load_calibration(None, ...)``).
+    input shape, else TVM's and tvm_shuffle's default GPU schedules. int8
+    and fp16: the network of :func:`network` with randomized BatchNorm; int8
+    calibrated on the synthetic set (``quantize.load_calibration(None, ...)``).
     """
     import warnings
 
@@ -140,17 +146,21 @@ def build_bundle(model: str, spec, input_shape: Sequence[int], out_dir: Path, wo
     return label, compiled.manifest
 
 
-def plan(models: Sequence[str], batches: Sequence[int], int8: Sequence[tuple[str, int]]) -> list[tuple[str, int, str]]:
+def plan(models: Sequence[str], batches: Sequence[int],
+         reduced: dict[str, Sequence[tuple[str, int]]]) -> list[tuple[str, int, str]]:
     """(model, batch, precision) of every bundle, in the order run_gpu.py runs them.
 
-    An int8 bundle comes right after the fp32 bundle of its model and batch
-    (a short run reaches it before the batch-64 ones), else at the end.
+    ``reduced``: precision -> the (model, batch) pairs also built in it. A
+    reduced-precision bundle comes right after the fp32 bundle of its model
+    and batch, in ``reduced``'s order (a short run reaches them before the
+    batch-64 ones), else at the end.
     """
     bundles = [(model, batch, "fp32") for model in models for batch in batches]
-    for model, batch in int8:
-        after = (model, batch, "fp32")
-        at = bundles.index(after) + 1 if after in bundles else len(bundles)
-        bundles.insert(at, (model, batch, "int8"))
+    for precision, pairs in reversed(list(reduced.items())):
+        for model, batch in pairs:
+            after = (model, batch, "fp32")
+            at = bundles.index(after) + 1 if after in bundles else len(bundles)
+            bundles.insert(at, (model, batch, precision))
     return bundles
 
 
@@ -345,6 +355,24 @@ def store_shared_once(kit: Path, trees: Sequence[str]) -> dict[str, str]:
     return copies
 
 
+def compress_libraries(kit: Path, libraries: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The bundles' ``model.so`` stored gzipped (the weights and device code shrink by 15-20 %).
+
+    Returns {where it belongs: {"stored": the .gz, "size", "sha256" of the
+    library itself}}; ``run_gpu.py`` writes them back before it runs, and
+    its self-check reads them decompressed.
+    """
+    table = {}
+    for rel in libraries:
+        library = kit / rel
+        stored = library.with_name(library.name + ".gz")
+        stored.write_bytes(gzip.compress(library.read_bytes(), 9, mtime=0))
+        table[rel] = {"stored": stored.relative_to(kit).as_posix(), "size": library.stat().st_size,
+                      "sha256": sha256(library)}
+        library.unlink()
+    return table
+
+
 def file_table(kit: Path) -> dict[str, dict[str, Any]]:
     return {p.relative_to(kit).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
             for p in sorted(kit.rglob("*")) if p.is_file() and p.name != KIT_JSON and "__pycache__" not in p.parts}
@@ -379,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, default=224, metavar="PIXELS", help="image side (default 224)")
     parser.add_argument("--int8", default=INT8_BUNDLES, metavar="MODEL:BATCH,...",
                         help=f"also built in int8, calibrated on the synthetic set (default {INT8_BUNDLES}; none: no int8)")
+    parser.add_argument("--fp16", default=FP16_BUNDLES, metavar="MODEL:BATCH,...",
+                        help=f"also built in fp16, 1x1 convolutions on tensor cores (default {FP16_BUNDLES}; none: no fp16)")
     parser.add_argument("--work-dir", type=Path, default=Path("work"),
                         help="tuning records to build from where they exist (default ./work)")
     parser.add_argument("--ffi-wheel", type=Path, metavar="WHEEL", help="an apache-tvm-ffi cp312 wheel to carry "
@@ -392,13 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     batches = parse_batches(args.batches)
-    int8 = parse_int8(args.int8)
+    reduced = {"int8": parse_pairs("--int8", args.int8), "fp16": parse_pairs("--fp16", args.fp16)}
     if args.input_size < 16:
         raise UserError(f"--input-size {args.input_size} is too small (16 or more)")
     from tvm_shuffle import models
 
     names = [m for m in args.models.split(",") if m]
-    unknown = [m for m in names + [m for m, _ in int8] if m not in models.MODELS]
+    unknown = [m for m in names + [m for pairs in reduced.values() for m, _ in pairs] if m not in models.MODELS]
     if not names or unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
                          f"see python -m tvm_shuffle.models")
@@ -412,27 +442,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tvm_shuffle import precisions
 
     bundles = []
-    for model, batch, precision in plan(names, batches, int8):
+    for model, batch, precision in plan(names, batches, reduced):
         if not (kit / "weights" / f"{model}.npz").exists():
             save_weights(model, kit / "weights" / f"{model}.npz")
         shape = (batch, 3, args.input_size, args.input_size)
         name = bundle_name(model, batch, precision)
         log(f"building {name} for {spec.name} ({'x'.join(map(str, shape))})")
         t = time.perf_counter()
-        reduced = precision != "fp32"
+        is_reduced = precision != "fp32"
         label, manifest = build_bundle(model, spec, shape, kit / "bundles" / name, args.work_dir, precision)
         library = kit / "bundles" / name / "model.so"
         code = device_code(library)
         if not code["fatbin"] or code["cuda_source"]:
             raise UserError(f"{library} holds {'CUDA source' if code['cuda_source'] else 'no fatbin'}")
-        expected_logits(model, shape, kit / "expected" / f"{name}.npy", randomized_bn=reduced)
+        expected_logits(model, shape, kit / "expected" / f"{name}.npy", randomized_bn=is_reduced)
         entry = {"name": name, "dir": f"bundles/{name}", "model": model, "batch": batch,
                  "input_shape": list(shape), "schedules": label, "weights": f"weights/{model}.npz",
                  "expected": f"expected/{name}.npy", "device_code": code, "launch_plan": launch_plan(library),
                  "precision": {**manifest["precision"],
-                               **({"tolerance": precisions.get(precision).tolerance} if reduced else {})}}
-        if reduced:
+                               **({"tolerance": precisions.get(precision).tolerance} if is_reduced else {})}}
+        if is_reduced:
             entry["batchnorm_seed"] = BN_SEED
+        if precisions.get(precision).calibrated:
             x86_int8_logits(model, shape, kit / "expected" / f"{name}.x86_int8.npy")
             entry["expected_x86_int8"] = f"expected/{name}.x86_int8.npy"
         bundles.append(entry)
@@ -444,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copy2(wheel, kit / "wheels" / wheel.name)
     copy_runner(kit)
     copies = store_shared_once(kit, ["bundles", "app"])
+    compressed = compress_libraries(kit, [f"{bundle['dir']}/model.so" for bundle in bundles])
 
     import torch
 
@@ -459,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "input_seed": INPUT_SEED, "bundles": bundles,
         "app": {"path": "app/classify", "needs": glibc_needs(app)},
         "ffi_wheel": f"wheels/{wheel.name}", "python_path": "py",
-        "copies": copies, "files": file_table(kit),
+        "copies": copies, "compressed": compressed, "files": file_table(kit),
     }
     (kit / KIT_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     total = sum(f["size"] for f in info["files"].values()) + (kit / KIT_JSON).stat().st_size

@@ -22,9 +22,10 @@ checked against PyTorch eager NCHW on the same input first, and kernel
 launches per inference are counted with ``torch.profiler``.
 
 A reduced-precision bundle (``kit.json``'s ``precision``: int8, dp4a
-kernels) is checked against fp32 PyTorch eager by its relative logit error
-(``precisions.get("int8").tolerance``, carried in ``kit.json``) and against
-the same int8 network's x86 build (``expected_x86_int8``), and timed against
+kernels; fp16, tensor-core kernels) is checked against fp32 PyTorch eager by
+its relative logit error (the precision's ``tolerance``, carried in
+``kit.json``), an int8 bundle also against the same int8 network's x86
+build (``expected_x86_int8``), and timed against
 PyTorch eager in fp32 and fp16 (NCHW, channels_last) and torch.compile in
 fp16 with CUDA graphs (the fp32 torch.compile rows are the fp32 bundle's).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import gzip
 import hashlib
 import importlib
 import json
@@ -101,7 +103,37 @@ def file_problems(kit: Path, info: dict) -> list[str]:
             problems.append(f"{rel} does not match {KIT_JSON} (damaged or replaced)")
     problems += [f"{dest}: its stored copy {src} is not listed" for dest, src in info["copies"].items()
                  if src not in info["files"]]
+    problems += [f"{dest}: its compressed copy {entry['stored']} is not listed"
+                 for dest, entry in compressed(info).items() if entry["stored"] not in info["files"]]
     return problems
+
+
+def compressed(info: dict) -> dict[str, dict[str, Any]]:
+    """Files the kit stores gzipped: {where it belongs: {"stored", "size", "sha256" of the file itself}} (older kits: none)."""
+    return info.get("compressed", {})
+
+
+def stored_bytes(kit: Path, info: dict, rel: str) -> bytes:
+    """The content of the kit's file ``rel``, wherever pack.py stored it (in place, shared under common/, gzipped)."""
+    entry = compressed(info).get(rel)
+    if entry is not None:
+        return gzip.decompress((kit / entry["stored"]).read_bytes())
+    return (kit / info["copies"].get(rel, rel)).read_bytes()
+
+
+def place(kit: Path, info: dict, rel: str, target: Path) -> None:
+    """Write the kit's file ``rel`` to ``target`` (a shared or compressed one; checked against its sha256 when gzipped)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    entry = compressed(info).get(rel)
+    if entry is None:
+        source = kit / info["copies"][rel]
+        shutil.copyfile(source, target)
+        shutil.copymode(source, target)
+        return
+    data = stored_bytes(kit, info, rel)
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise KitError(f"{entry['stored']} does not decompress to the {rel} that {KIT_JSON} records")
+    target.write_bytes(data)
 
 
 def bundle_problems(kit: Path, info: dict) -> list[str]:
@@ -112,7 +144,8 @@ def bundle_problems(kit: Path, info: dict) -> list[str]:
         for rel, entry in manifest["bundle"]["files"].items():
             where = f"{bundle['dir']}/{rel}"
             stored = info["copies"].get(where, where)
-            if info["files"].get(stored, {}).get("sha256") != entry["sha256"]:
+            recorded = compressed(info).get(where) or info["files"].get(stored, {})
+            if recorded.get("sha256") != entry["sha256"]:
                 problems.append(f"{where} does not match the bundle's manifest.json")
         if manifest["target"]["family"] != "cuda":
             problems.append(f"{bundle['dir']} is a {manifest['target']['family']} bundle, not a CUDA one")
@@ -120,19 +153,17 @@ def bundle_problems(kit: Path, info: dict) -> list[str]:
 
 
 def materialize(kit: Path, info: dict) -> None:
-    """Copy each shared file back to where it belongs (pack.py stored it once under common/)."""
-    for dest, src in info["copies"].items():
-        target, source = kit / dest, kit / src
-        if target.is_file() and target.stat().st_size == source.stat().st_size:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        shutil.copymode(source, target)
+    """Put each shared file (stored once under common/) and each gzipped one back where it belongs."""
+    sizes = {**{dest: (kit / src).stat().st_size for dest, src in info["copies"].items()},
+             **{dest: entry["size"] for dest, entry in compressed(info).items()}}
+    for dest, size in sizes.items():
+        target = kit / dest
+        if not (target.is_file() and target.stat().st_size == size):
+            place(kit, info, dest, target)
 
 
-def device_code(library: Path) -> dict[str, bool]:
+def device_code(data: bytes) -> dict[str, bool]:
     """A fatbin (0xBA55ED50), no CUDA C source, and the VM's CUDA-graph builtin, read from the bytes of model.so."""
-    data = library.read_bytes()
     return {"fatbin": b"\x50\xed\x55\xba" in data, "cuda_source": b"__global__" in data,
             "cuda_graph": b"vm.builtin.cuda_graph.run_or_capture" in data}
 
@@ -544,10 +575,13 @@ def markdown(results: dict[str, Any]) -> str:
                   f"PyTorch here against the kit's CPU logits: max abs err "
                   f"{_fmt(row['reference_vs_kit_cpu'].get('max_abs_err'), 6)}.", ""]
         if precision:
-            lines += [f"{precision['name']} with BatchNorm randomized, calibrated on the synthetic set; checked "
+            calibrated = "calibration" in precision
+            lines += [f"{precision['name']} with BatchNorm randomized"
+                      + (", calibrated on the synthetic set" if calibrated else "") + "; checked "
                       f"against fp32 PyTorch eager: relative logit error at most {precision['tolerance']:g} (fp16 "
-                      f"PyTorch: {FP16_TOLERANCE:g}); 'vs x86 int8': against the same int8 network built for the "
-                      "CPU (rounding of the fp32 kernels only).", ""]
+                      f"PyTorch: {FP16_TOLERANCE:g})"
+                      + ("; 'vs x86 int8': against the same int8 network built for the CPU (rounding of the fp32 "
+                         "kernels only)" if calibrated else "") + ".", ""]
         lines += ["| engine | ms | speed-up | kernels | launches | max abs err | top-1 | rel err | vs x86 int8 | note |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for e in row["engines"]:
@@ -588,7 +622,7 @@ def self_check(kit: Path = KIT) -> int:
     problems = bundle_problems(kit, info) if not problems else ["skipped: files damaged"]
     report(f"{len(info['bundles'])} bundles' manifests are satisfied", "; ".join(problems[:3]) or None)
     for bundle in info["bundles"]:
-        code = device_code(kit / bundle["dir"] / "model.so")
+        code = device_code(stored_bytes(kit, info, f"{bundle['dir']}/model.so"))
         bad = [w for w, b in (("no fatbin", not code["fatbin"]), ("CUDA source", code["cuda_source"]),
                               ("no CUDA graph", not code["cuda_graph"] and info.get("cuda_graphs"))) if b]
         report(f"{bundle['name']}: device code (fatbin), CUDA graph", ", ".join(bad) or None)
@@ -640,10 +674,9 @@ def _check_app(kit: Path, info: dict, scratch: Path) -> str | None:
     copy = scratch / "bundle"
     shutil.copytree(kit / bundle["dir"], copy)
     prefix = f"{bundle['dir']}/"
-    for dest, src in info["copies"].items():
+    for dest in [*info["copies"], *compressed(info)]:
         if dest.startswith(prefix):
-            (copy / dest[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(kit / src, copy / dest[len(prefix):])
+            place(kit, info, dest, copy / dest[len(prefix):])
     x_bin = scratch / "x.bin"
     seeded_input(bundle["input_shape"], info["input_seed"]).tofile(x_bin)
     done = subprocess.run([str(app_dir / "classify"), str(copy), str(x_bin), "--repeat", "1"],

@@ -19,7 +19,8 @@ Laid out like TVM's dlight rules:
 * :mod:`.gpu` schedules depthwise and 1x1 convolutions for CUDA (each
   thread a pixel of one or a few channels) and gives every other kernel
   ``tvm.s_tir.dlight``'s GPU rules; :mod:`.int8_gpu` the int8 kernels
-  with ``dp4a``.
+  with ``dp4a``; :mod:`.tensorcore` the fp16 and bf16 1x1 convolutions
+  with tensor-core ``wmma``.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def register_intrinsics(records: str | bytes = b"") -> None:
     The aarch64 int8 intrinsics are made per block shape: those named in
     ``records`` (:func:`.int8_arm.register_named`).
     """
-    from tvm_shuffle.schedules import bf16, bf16_arm, int8, int8_arm, int8_dense, int8_gpu
+    from tvm_shuffle.schedules import bf16, bf16_arm, int8, int8_arm, int8_dense, int8_gpu, tensorcore
 
-    for module in (bf16, bf16_arm, int8, int8_dense, int8_gpu):
+    for module in (bf16, bf16_arm, int8, int8_dense, int8_gpu, tensorcore):
         module.register_intrinsics()
     int8_arm.register_named(records)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from tvm_shuffle.schedules.analysis import conv_shape, inline_epilogue, iter_extents
 from tvm_shuffle.schedules.constants import GPU, GPUConstants
 from tvm_shuffle.schedules.int8_gpu import Int8GPU
+from tvm_shuffle.schedules.tensorcore import TensorCoreConv
 from tvm_shuffle.tvm_compat import Schedule, dlight, tir
 
 
@@ -103,8 +104,11 @@ class NotForConvolutions(dlight.ScheduleRule):
 
 
 def custom_rules() -> tuple:
-    """Our GPU rules (what untuned builds use and tuning starts from, where they apply); int8 kernels: :mod:`.int8_gpu`."""
-    return (Int8GPU(), DirectConv())
+    """Our GPU rules (what untuned builds use and tuning starts from, where they apply).
+
+    int8 kernels: :mod:`.int8_gpu`; fp16 and bf16 1x1 convolutions: :mod:`.tensorcore`.
+    """
+    return (Int8GPU(), TensorCoreConv(), DirectConv())
 
 
 def default_rules() -> tuple:

@@ -70,7 +70,8 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     """NCHW/OIHW conv2d of the gathered input; ``tensors`` are the sources then the weight.
 
     A 1x1 convolution whose weights are bf16 (``--precision bf16``) is
-    :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` instead; one whose
+    :func:`tvm_shuffle.schedules.bf16.pointwise_conv2d` instead (on CUDA, and
+    for fp16 weights, :func:`tvm_shuffle.schedules.tensorcore.pointwise_conv2d`); one whose
     weights are s8 (``--quantize int8``), :func:`tvm_shuffle.schedules.int8.pointwise_conv2d`.
 
     The same arithmetic as Relax's legalized ``conv2d`` (``topi.nn.conv``), with
@@ -86,10 +87,12 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     garbage can be denormal, which costs a microcode assist per operation).
     """
     *sources, weight = tensors
-    if str(weight.dtype) == "bfloat16" and _bf16_pointwise(weight, strides, padding, dilation, groups):
-        from tvm_shuffle.schedules import bf16
+    if str(weight.dtype) in ("bfloat16", "float16") and _reduced_float_pointwise(weight, strides, padding, dilation,
+                                                                                 groups):
+        from tvm_shuffle.schedules import bf16, tensorcore
 
-        return bf16.pointwise_conv2d(*tensors, gather=gather, out_dtype=out_dtype)
+        module = tensorcore if tensorcore.computes(str(weight.dtype)) else bf16
+        return module.pointwise_conv2d(*tensors, gather=gather, out_dtype=out_dtype)
     if str(weight.dtype) == "int8":
         from tvm_shuffle.schedules import int8
 
@@ -156,8 +159,8 @@ def gathered_conv2d(*tensors: te.Tensor, gather: Segments | ShuffleIndex, stride
     return te.compute(shape[:3] + (_i64(out_w),), lambda n, o, y, x: conv[n, o, y, x], name=ROW_CROP)
 
 
-def _bf16_pointwise(weight: te.Tensor, strides, padding, dilation, groups: int) -> bool:
-    """A 1x1 convolution with bf16 weights: :func:`.bf16.pointwise_conv2d` computes it (bf16 inputs, fp32 sums)."""
+def _reduced_float_pointwise(weight: te.Tensor, strides, padding, dilation, groups: int) -> bool:
+    """A 1x1 convolution with bf16/fp16 weights: :func:`.bf16.pointwise_conv2d` or :func:`.tensorcore.pointwise_conv2d` computes it."""
     from tvm_shuffle.schedules import bf16
 
     return bf16.is_pointwise(weight.shape, strides, padding, dilation, groups)

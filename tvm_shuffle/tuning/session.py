@@ -115,7 +115,8 @@ def _tune_holding(held: RecordsLock, imported: Imported, spec: TargetSpec, *, de
     db = database.open_database(directory, lock=held, log=log)
     cores = host.physical_cores()
     target = tasks.tuning_target(spec, host_cores=cores)
-    optimized = passes.optimize(imported.mod, shuffle=shuffle, precision=precision, calibration=calibration)
+    optimized = passes.optimize(imported.mod, shuffle=shuffle, precision=precision, calibration=calibration,
+                                tensor_cores=spec.family == "cuda")
     task_list = tasks.extract(build.lower(optimized, spec), target)
     shared = database.import_shared_records(db, [t.mod for t in task_list], directory)
     if shared.records:
