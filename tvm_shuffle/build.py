@@ -58,9 +58,13 @@ def _cpu_graph_passes(spec: TargetSpec, target) -> list:
         return []
     from tvm_shuffle.schedules.constants import cpu_constants
 
-    multiple = cpu_constants(target).row_multiple
-    return [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, multiple), opt_level=0,
-                                      name="PadDepthwiseRows")]
+    const = cpu_constants(target)
+    rewrites = [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, const.row_multiple),
+                                          opt_level=0, name="PadDepthwiseRows")]
+    if spec.family == "x86":  # measured on x86 only (benchmarks/results/schedule_choices.md); ARM keeps two kernels
+        rewrites.append(tvm.transform.module_pass(lambda mod, _ctx: passes.fuse_stem_pool(mod, const.lanes()),
+                                                  opt_level=0, name="FuseStemPool"))
+    return rewrites
 
 
 def _cpu_kernel_passes(spec: TargetSpec) -> list:

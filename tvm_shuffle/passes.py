@@ -241,7 +241,7 @@ def lower_int8_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
 
 
 def _is_conv(call) -> bool:
-    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d")
+    return _is_op(call, "relax.nn.conv2d")
 
 
 def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule":
@@ -264,6 +264,67 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
         return builder.call_te(compute, *call.args, primfunc_name_hint=kernels.DEPTHWISE_CONV)
 
     return rewrite_calls(mod, widen)
+
+
+def fuse_stem_pool(mod: "tvm.IRModule", lanes: int) -> "tvm.IRModule":
+    """``max_pool2d(relu(conv2d(x, w) + b))`` of a ShuffleNet's stem as one kernel (:mod:`.schedules.stem`).
+
+    A lowering step for CPUs with ``lanes`` fp32 lanes per vector: the 3x3
+    stride-2 convolution (constant weights and per-channel bias, NCHW, fp32)
+    and the 3x3 stride-2 max-pool after its ReLU, each with padding 1. Any
+    other chain is left as it is.
+    """
+    from tvm_shuffle.schedules import stem
+
+    def fuse(call, builder):
+        chain = _stem_chain(call, builder.lookup_binding)
+        if chain is None:
+            return call
+        data, weight, bias = chain
+        return builder.call_te(functools.partial(stem.conv_relu_maxpool, lanes=lanes), data, weight, bias,
+                               primfunc_name_hint=stem.STEM_POOL)
+
+    return relax.transform.DeadCodeElimination()(rewrite_calls(mod, fuse))
+
+
+def _stem_chain(call, lookup) -> tuple | None:
+    """(data, weight, bias) when ``call`` is the max-pool of :func:`fuse_stem_pool`'s chain, else None."""
+    from tvm_shuffle.schedules import stem
+    from tvm_shuffle.tvm_compat import Constant
+
+    if not _is_op(call, "relax.nn.max_pool2d") or not _has_attrs(call.attrs, stem.POOL) or call.attrs.ceil_mode:
+        return None
+    if call.attrs.layout != "NCHW" or call.ty.dtype != "float32":
+        return None
+    relu = lookup(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+    if not _is_op(relu, "relax.nn.relu") or not isinstance(relu.args[0], relax.Var):
+        return None
+    add = lookup(relu.args[0])
+    if not _is_op(add, "relax.add") or not isinstance(add.args[0], relax.Var) or not isinstance(add.args[1], Constant):
+        return None
+    conv = lookup(add.args[0])
+    if not _is_op(conv, "relax.nn.conv2d") or not isinstance(conv.args[1], Constant):
+        return None
+    attrs, weight, bias = conv.attrs, conv.args[1], add.args[1]
+    channels = int(weight.ty.shape.values[0])
+    if (not _has_attrs(attrs, {key: value for key, value in stem.CONV.items() if key != "kernel"})
+            or tuple(int(v) for v in weight.ty.shape.values[2:]) != stem.CONV["kernel"]
+            or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or conv.ty.dtype != "float32"
+            or tuple(int(v) for v in bias.ty.shape.values) != (1, channels, 1, 1)):
+        return None
+    return conv.args[0], weight, bias
+
+
+def _is_op(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _has_attrs(attrs, wanted: dict) -> bool:
+    """Whether each attribute in ``wanted`` has that value (tuples compared as ints)."""
+    def value(v):
+        return tuple(int(x) for x in v) if not isinstance(v, int) else v
+
+    return all(value(getattr(attrs, key)) == want for key, want in wanted.items())
 
 
 def mark_layout_free_weights(mod: "tvm.IRModule") -> "tvm.IRModule":

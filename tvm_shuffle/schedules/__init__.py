@@ -66,16 +66,16 @@ def register_intrinsics(records: str | bytes = b"") -> None:
 
 
 def cpu_rules() -> tuple:
-    """The CPU rules: the bf16 and int8 kernels' own (:mod:`.bf16_arm`, :mod:`.bf16`, :mod:`.int8`, :mod:`.int8_dense`), then :func:`.cpu.default_rules`.
+    """The CPU rules: the bf16 and int8 kernels' own (:mod:`.bf16_arm`, :mod:`.bf16`, :mod:`.int8`, :mod:`.int8_dense`), the fused stem's (:mod:`.stem`), then :func:`.cpu.default_rules`.
 
     :mod:`.bf16_arm`'s rule takes the bf16 kernels of aarch64 targets with
     ``+bf16`` and leaves every other target's to :mod:`.bf16`'s (x86's
     ``vdpbf16ps``, or storage only).
     """
-    from tvm_shuffle.schedules import bf16, bf16_arm, cpu, int8, int8_dense
+    from tvm_shuffle.schedules import bf16, bf16_arm, cpu, int8, int8_dense, stem
 
     return (bf16_arm.PointwiseBF16Neon(), bf16.PointwiseBF16(), int8.PointwiseInt8(), int8_dense.DenseInt8(),
-            *cpu.default_rules())
+            stem.StemPool(), *cpu.default_rules())
 
 
 def default_schedule(func, target):
