@@ -363,10 +363,28 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
             _vectorize_padding(sch, pad, lanes, first_loop=0)
             sch.parallel(sch.fuse(*sch.get_loops(pad)[:3]))
     if epilogue is not None:
-        sch.reverse_compute_at(epilogue, outer if depthwise else x_out)
+        sch.reverse_compute_at(epilogue, _epilogue_loop(sch, conv, outer, x_out, depthwise=depthwise, pieces=pieces))
         sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
     _parallel(sch, outer, extents[1] * extents[2] * width, const)
     sch.decompose_reduction(conv, reduce[0])
+
+
+def _epilogue_loop(sch: Schedule, conv, outer, x_out, *, depthwise: bool, pieces: bool):
+    """Where a windowed convolution's epilogue (crop, bias, ReLU) runs: per row, per channel or per vector.
+
+    A depthwise row of one vector (14 or 7 columns, or 16 and 8 computed for
+    them, :func:`tvm_shuffle.passes.pad_depthwise_rows`) is finished per row:
+    its sums are still in a register when the epilogue adds the bias and
+    stores the real columns, and the sums need a buffer of one row, not of
+    the whole plane. Wider rows (28 columns, computed as 32) keep the
+    epilogue per channel, after the plane: per row it is slower there.
+    In pieces (``depthwise_vectors``), the epilogue runs per channel.
+    """
+    if not depthwise:
+        return x_out
+    if not pieces and int(sch.get(x_out).extent) == 1:
+        return sch.get_loops(conv)[1]
+    return outer
 
 
 def _row_pieces(sch: Schedule, loops: list, const: CPUConstants):
