@@ -58,9 +58,12 @@ def _cpu_graph_passes(spec: TargetSpec, target) -> list:
         return []
     from tvm_shuffle.schedules.constants import cpu_constants
 
-    multiple = cpu_constants(target).row_multiple
-    return [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, multiple), opt_level=0,
-                                      name="PadDepthwiseRows")]
+    const = cpu_constants(target)
+
+    def pad_rows(mod, _ctx):
+        return passes.pad_depthwise_rows(mod, const.row_multiple, strided_from=const.strided_row_from)
+
+    return [tvm.transform.module_pass(pad_rows, opt_level=0, name="PadDepthwiseRows")]
 
 
 def _cpu_kernel_passes(spec: TargetSpec) -> list:
