@@ -222,6 +222,19 @@ def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide, avx5
     assert_matches_unscheduled(mod, random_input((N, C, size, size)))
 
 
+def test_depthwise_channels_are_shared_out_in_runs():
+    """The parallel loop runs over DEPTHWISE_CHUNKS runs of channels (29: the last run is short), so each thread
+    allocates its padded plane once per run, not once per channel; the results stay exact."""
+    channels, size = 29, 14
+    mod = relax_graph(lambda bb, x: bb.emit(conv_layer(x, channels, kernel=3, groups=channels)),
+                      (N, channels, size, size))
+    spec = host_spec()
+    (func,) = [f for _, f in conv_kernels(mod, spec)]
+    script = default_schedule(func, spec.tvm_target()).mod.script()
+    assert f"T.parallel(T.int64({cpu.DEPTHWISE_CHUNKS})" in script
+    assert_matches_unscheduled(mod, random_input((N, channels, size, size)))
+
+
 def _row_lengths(func) -> set[int]:
     """The last dimension of every buffer a block of ``func`` reads or writes."""
     sch = Schedule(func)
