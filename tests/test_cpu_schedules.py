@@ -19,7 +19,7 @@ import pytest
 from conftest import (C, N, assert_matches_unscheduled, conv_kernels, conv_layer, host_spec, is_1x1_weight,
                       random_input, relax_graph, shuffle2, stride2_unit, v1_unit, v2_units)
 from tvm_shuffle import build, passes, targets
-from tvm_shuffle.schedules import cpu, default_schedule, fuse_shuffles
+from tvm_shuffle.schedules import cpu, default_schedule, fuse_shuffles, kernels
 from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.schedules.constants import cpu_constants
 from tvm_shuffle.tvm_compat import Constant, Schedule, relax, tvm
@@ -205,17 +205,34 @@ def test_a_stride2_padding_with_columns_apart_keeps_its_bounds_test():
     assert "TransformLayout" in insts and "DecomposePadding" not in insts
 
 
-@pytest.mark.parametrize("size, stride, wide", [(14, 1, 16), (14, 2, 8), (16, 1, None), (8, 2, 8)])
-def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide):
-    """Output rows of 14 and 7 become 16 and 8 columns on AVX-512; rows that already fill registers stay."""
+@pytest.mark.parametrize("size, stride, wide, avx512_wide", [
+    (14, 1, 16, 16), (7, 1, 8, 8), (14, 2, 8, None), (8, 2, 8, None), (56, 2, 32, 32), (16, 1, None, None)])
+def test_depthwise_rows_are_computed_in_whole_registers(size, stride, wide, avx512_wide):
+    """Output rows of 28, 14 and 7 become 32, 16 and 8 columns (``row_multiple`` 8); rows that already fill
+    registers stay. On AVX-512 a stride-2 row narrower than 16 columns stays as it is (``strided_row_from``)."""
     mod = single_conv(size, kernel=3, groups=C, stride=stride, bias=False)
     widened = passes.pad_depthwise_rows(mod, 8)
     assert passes.op_histogram(widened)["relax.nn.conv2d"] == (1 if wide is None else 0)
     assert passes.pad_depthwise_rows(mod, 1) is mod
     avx512 = targets.get("x86-avx512")  # lowering only: any host can, whatever its own vector ISA
-    rows = _row_lengths(kernel(mod, avx512, "conv2d"))
-    assert (wide in rows) if wide else max(rows) == size + 2  # the padded input is the widest
+    func = kernel(mod, avx512, "conv2d")
+    assert (kernels.ROW_CROP in func.script()) == (avx512_wide is not None)
+    rows = _row_lengths(func)
+    assert (avx512_wide in rows) if avx512_wide else max(rows) <= size + 3  # the padded input is the widest
     assert_matches_unscheduled(mod, random_input((N, C, size, size)))
+
+
+def test_depthwise_channels_are_shared_out_in_runs():
+    """The parallel loop runs over DEPTHWISE_CHUNKS runs of channels (29: the last run is short), so each thread
+    allocates its padded plane once per run, not once per channel; the results stay exact."""
+    channels, size = 29, 14
+    mod = relax_graph(lambda bb, x: bb.emit(conv_layer(x, channels, kernel=3, groups=channels)),
+                      (N, channels, size, size))
+    spec = host_spec()
+    (func,) = [f for _, f in conv_kernels(mod, spec)]
+    script = default_schedule(func, spec.tvm_target()).mod.script()
+    assert f"T.parallel(T.int64({cpu.DEPTHWISE_CHUNKS})" in script
+    assert_matches_unscheduled(mod, random_input((N, channels, size, size)))
 
 
 def _row_lengths(func) -> set[int]:

@@ -59,8 +59,11 @@ def _cpu_graph_passes(spec: TargetSpec, target) -> list:
     from tvm_shuffle.schedules.constants import cpu_constants
 
     const = cpu_constants(target)
-    rewrites = [tvm.transform.module_pass(lambda mod, _ctx: passes.pad_depthwise_rows(mod, const.row_multiple),
-                                          opt_level=0, name="PadDepthwiseRows")]
+
+    def pad_rows(mod, _ctx):
+        return passes.pad_depthwise_rows(mod, const.row_multiple, strided_from=const.strided_row_from)
+
+    rewrites = [tvm.transform.module_pass(pad_rows, opt_level=0, name="PadDepthwiseRows")]
     if spec.family == "x86":  # measured on x86 only (benchmarks/results/schedule_choices.md); ARM keeps two kernels
         rewrites.append(tvm.transform.module_pass(lambda mod, _ctx: passes.fuse_stem_pool(mod, const.lanes()),
                                                   opt_level=0, name="FuseStemPool"))

@@ -244,12 +244,14 @@ def _is_conv(call) -> bool:
     return _is_op(call, "relax.nn.conv2d")
 
 
-def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule":
+def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int, *, strided_from: int = 0) -> "tvm.IRModule":
     """Depthwise convolutions whose output rows are not a multiple of ``row_multiple`` compute wider rows.
 
     A lowering step for CPUs (see ``kernels.gathered_conv2d``): the conv is
     replaced by the same sums over rows rounded up, of which the kernel keeps
-    the real columns. ``row_multiple`` 1 leaves ``mod`` as it is.
+    the real columns. ``row_multiple`` 1 leaves ``mod`` as it is. A strided
+    convolution is widened only when its rows have at least ``strided_from``
+    columns (``CPUConstants.strided_row_from``).
     """
     if row_multiple <= 1:
         return mod
@@ -258,6 +260,9 @@ def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int) -> "tvm.IRModule"
 
     def widen(call, builder):
         if not _is_depthwise_nchw(call) or int(call.ty.shape.values[3]) % row_multiple == 0:
+            return call
+        strided = any(int(s) > 1 for s in call.attrs.strides)
+        if strided and int(call.ty.shape.values[3]) < strided_from:
             return call
         compute = functools.partial(kernels.depthwise_conv2d, row_multiple=row_multiple,
                                     **conv_arguments(call.attrs, call.args[0].ty.dtype))

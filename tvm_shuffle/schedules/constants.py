@@ -23,7 +23,12 @@ channels x 1 vector, so each input vector feeds 24 FMAs. Depthwise rows of 7,
 14 and 28 floats are no whole number of registers: LLVM builds each such
 vector from three loads and two inserts and leaves its spare lanes
 undefined, so on AVX-512 the rows are computed rounded up to
-``row_multiple`` columns (8: one 256-bit register).
+``row_multiple`` columns (8: one 256-bit register). A stride-2 row is
+rounded up only from ``strided_row_from`` columns (28 to 32, not 14 or 7):
+its padding stage stores even and odd columns apart with a test per
+element, and the extra columns make that scalar copy dearer than the
+partial vectors they save (at 14 columns LLVM even turns it into gathers
+and scatters).
 
 On NEON a depthwise row is 7 vectors of 4 lanes (28 columns), and LLVM
 unrolls a channel's whole row loop when the plane is small: 7 to 14
@@ -65,6 +70,7 @@ class CPUConstants:
     wide_tile: int = 0  # accumulators of a tile whose loop only loads whole vectors (the stem)
     dense_vectors: int = 12  # vectors of columns a classifier row piece keeps in registers
     row_multiple: int = 1  # depthwise output rows are computed rounded up to this many columns
+    strided_row_from: int = 0  # a strided depthwise row is computed rounded up only from this many columns on
     depthwise_vectors: int = 0  # >0: depthwise rows in parallel pieces of at most this many vectors
     unroll_limit: int = 64  # auto_unroll_max_step for the reduction loops
     pad_per_source: bool = False  # a padding that gathers several tensors: one loop per source (cpu._planes_per_source)
@@ -77,7 +83,7 @@ class CPUConstants:
 CPU_ISAS = (
     ("avx512f", CPUConstants("avx512", 512, accumulators=8, vectors_per_tile=2,
                                padded_tiles=((2, 8), (4, 7), (1, 8)), wide_tile=28, dense_vectors=28,
-                               row_multiple=8)),
+                               row_multiple=8, strided_row_from=16)),
     ("avx2", CPUConstants("avx2", 256, accumulators=4, vectors_per_tile=2)),
     ("neon", CPUConstants("neon", 128, accumulators=8, vectors_per_tile=2, dense_vectors=28, row_multiple=8,
                             depthwise_vectors=4, pad_per_source=True)),

@@ -39,6 +39,8 @@ from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir, tvm
 
 # Iterations below this run on one thread: waking the pool costs more.
 MIN_PARALLEL_WORK = 4096
+# A depthwise convolution's channels are shared out in this many runs of planes (see _windowed).
+DEPTHWISE_CHUNKS = 8
 # Blocks of weight rows the classifier's reduction is cut into: one per thread up to 4.
 DENSE_SLICES = 4
 # A block marked so is a weight layout transform, which the build runs once on the constant weights.
@@ -63,9 +65,11 @@ class Conv2dNCHW(dlight.ScheduleRule):
          among the threads; pad a plane that no whole vector divides; pack
          the weights at build time.
       3. Others: vectorize along the output row; a depthwise convolution
-         pads one channel plane at a time (with ``depthwise_vectors``: all
-         planes first, then pieces of rows, :func:`_row_pieces`), and a
-         stride-2 one stores the padded plane's even and odd columns apart.
+         pads one channel plane at a time, in ``DEPTHWISE_CHUNKS`` parallel
+         runs of channels that each allocate the plane once (with
+         ``depthwise_vectors``: all planes first, then pieces of rows,
+         :func:`_row_pieces`), and a stride-2 one stores the padded plane's
+         even and odd columns apart.
     """
 
     def apply(self, func, target, tunable):  # noqa: ARG002 - one schedule, nothing tunable
@@ -340,7 +344,11 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         outer = _row_pieces(sch, [n, o, y, x_out, *reduce, x_in], const)
     elif depthwise:
         sch.reorder(n, o, y, x_out, *reduce, x_in)
-        outer = sch.fuse(n, o)
+        # Runs of channels, not channels, are the parallel iterations: the
+        # padded plane is allocated once per iteration of the parallel loop,
+        # and a plane over 1 KB (14x14 and larger) is a call into the
+        # runtime's workspace pool, not stack space.
+        threaded, outer = sch.split(sch.fuse(n, o), [DEPTHWISE_CHUNKS, None])
     else:
         oc_tile = _largest_divisor(extents[1], const.wide_tile or 2 * const.accumulators)
         o_out, o_in = sch.split(o, [None, oc_tile])
@@ -356,17 +364,35 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         if depthwise and not pieces:
             # One padded plane per output channel, while it is hot in cache.
             sch.compute_at(pad, outer)
-            _vectorize_padding(sch, pad, lanes, first_loop=1)
+            _vectorize_padding(sch, pad, lanes, first_loop=2)
         elif const.pad_per_source and _columns_apart(sch, pad) and _source_cuts(sch, pad):
             _planes_per_source(sch, pad, sch.get_loops(pad)[1], const)
         else:
             _vectorize_padding(sch, pad, lanes, first_loop=0)
             sch.parallel(sch.fuse(*sch.get_loops(pad)[:3]))
     if epilogue is not None:
-        sch.reverse_compute_at(epilogue, outer if depthwise else x_out)
+        sch.reverse_compute_at(epilogue, _epilogue_loop(sch, outer, y, x_out, depthwise=depthwise, pieces=pieces))
         sch.vectorize(_split_inner(sch, sch.get_loops(epilogue)[-1], lanes))
-    _parallel(sch, outer, extents[1] * extents[2] * width, const)
+    _parallel(sch, threaded if depthwise and not pieces else outer, extents[1] * extents[2] * width, const)
     sch.decompose_reduction(conv, reduce[0])
+
+
+def _epilogue_loop(sch: Schedule, outer, y, x_out, *, depthwise: bool, pieces: bool):
+    """Where a windowed convolution's epilogue (crop, bias, ReLU) runs: per row, per channel or per vector.
+
+    A depthwise row of one vector (14 or 7 columns, or 16 and 8 computed for
+    them, :func:`tvm_shuffle.passes.pad_depthwise_rows`) is finished per row:
+    its sums are still in a register when the epilogue adds the bias and
+    stores the real columns, and the sums need a buffer of one row, not of
+    the whole plane. Wider rows (28 columns, computed as 32) keep the
+    epilogue per channel, after the plane: per row it is slower there.
+    In pieces (``depthwise_vectors``), the epilogue runs per channel.
+    """
+    if not depthwise:
+        return x_out
+    if not pieces and int(sch.get(x_out).extent) == 1:
+        return y
+    return outer
 
 
 def _row_pieces(sch: Schedule, loops: list, const: CPUConstants):
