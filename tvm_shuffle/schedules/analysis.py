@@ -120,3 +120,16 @@ def inline_epilogue(sch: Schedule, epilogue: list):
     for block in reversed(epilogue[1:]):
         sch.reverse_compute_inline(block)
     return epilogue[0] if epilogue else None
+
+
+def largest_divisor(extent: int, limit: int) -> int:
+    """The largest divisor of ``extent`` up to ``limit`` (at least 1): a tile that leaves no partial tile."""
+    return max(d for d in range(1, min(extent, max(limit, 1)) + 1) if extent % d == 0)
+
+
+def power_of_two_divisor(extent: int, limit: int) -> int:
+    """The largest power of two up to ``limit`` that divides ``extent`` (a vector width without a tail)."""
+    width = 1
+    while width * 2 <= limit and extent % (width * 2) == 0:
+        width *= 2
+    return width

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.schedules.analysis import child_blocks, iter_extents, largest_divisor
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 LANES = 16  # pixels per vector of fp32 sums (AVX-512)
@@ -411,7 +411,7 @@ def schedule_tiles(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, d
     if padded // tile > 1:
         outer = sch.fuse(n, p_out)
     else:
-        slices = _largest_divisor(out_channels // oc, thread_slices)
+        slices = largest_divisor(out_channels // oc, thread_slices)
         o_slice, o_out = sch.split(o_out, [slices, None])
         outer = sch.fuse(n, p_out, o_slice)
     _stages_at(sch, found, outer, pixels)
@@ -529,9 +529,6 @@ def _pack_weights(sch: Schedule, conv, oc: int, *, pairs: bool) -> None:
     sch.transform_layout(packed, ("write", 0), layout, assume_injective_transform=True)
     sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
-
-def _largest_divisor(extent: int, limit: int) -> int:
-    return max(t for t in range(1, min(extent, limit) + 1) if extent % t == 0)
 
 
 def _parallel(sch: Schedule, loop, work: int) -> None:

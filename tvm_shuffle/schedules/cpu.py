@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 
 from tvm_shuffle.schedules.analysis import (ConvShape, child_blocks, conv_shape, inline_epilogue, is_einsum,
-                                            is_reduction, iter_extents)
+                                            is_reduction, iter_extents, largest_divisor, power_of_two_divisor)
 from tvm_shuffle.schedules.constants import CPUConstants, cpu_constants
 from tvm_shuffle.tvm_compat import Schedule, arith, dlight, tir, tvm
 
@@ -205,7 +205,7 @@ def _pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gathers: list
         # vectors_per_tile of them, each its own register, so every weight
         # broadcast feeds that many sums (2 rows x 8 channels rather than
         # 1 row x 16: the same 16 registers, twice the sums per broadcast).
-        vectors = _largest_divisor(pixels // pixel_tile, const.vectors_per_tile)
+        vectors = largest_divisor(pixels // pixel_tile, const.vectors_per_tile)
         if vectors > 1:
             hw_out, pieces = sch.split(hw_out, [None, vectors])
     budget = const.accumulators * (2 if pixel_tile < lanes else 1)  # part-filled registers: take more
@@ -311,7 +311,7 @@ def _padded_pointwise(sch: Schedule, conv, epilogue, const: CPUConstants, gather
     n, o, hw, *reduce = sch.get_loops(conv)
     channels, padded_pixels = iter_extents(sch, conv)[1:3]
     wanted_vectors, wanted_channels = const.padded_tiles[0] if const.padded_tiles else (1, const.accumulators)
-    vectors = _largest_divisor(padded_pixels // lanes, wanted_vectors)
+    vectors = largest_divisor(padded_pixels // lanes, wanted_vectors)
     oc_tile = min(channels, wanted_vectors * wanted_channels // vectors)
     hw_out, hw_in = sch.split(hw, [None, lanes * vectors])
     o_out, o_in = sch.split(o, [None, oc_tile])
@@ -350,7 +350,7 @@ def _windowed(sch: Schedule, conv, epilogue, const: CPUConstants, *, depthwise: 
         # runtime's workspace pool, not stack space.
         threaded, outer = sch.split(sch.fuse(n, o), [DEPTHWISE_CHUNKS, None])
     else:
-        oc_tile = _largest_divisor(extents[1], const.wide_tile or 2 * const.accumulators)
+        oc_tile = largest_divisor(extents[1], const.wide_tile or 2 * const.accumulators)
         o_out, o_in = sch.split(o, [None, oc_tile])
         sch.reorder(n, o_out, y, x_out, *reduce, o_in, x_in)
         # Threads share rows, not channel tiles: the stem has one tile of all
@@ -409,7 +409,7 @@ def _row_pieces(sch: Schedule, loops: list, const: CPUConstants):
     """
     n, o, y, x_out, *reduce, x_in = loops
     vectors = int(sch.get(x_out).extent)
-    piece = _largest_divisor(vectors, const.depthwise_vectors)
+    piece = largest_divisor(vectors, const.depthwise_vectors)
     if piece == 1 and vectors <= const.accumulators:
         piece = vectors
     x_piece, x_vector = sch.split(x_out, [None, piece])
@@ -564,9 +564,6 @@ def _row_tile(width: int, lanes: int) -> int:
     return halves[0] if tile % lanes and halves else tile
 
 
-def _largest_divisor(extent: int, limit: int) -> int:
-    return max(t for t in range(1, min(extent, limit) + 1) if extent % t == 0)
-
 
 def _parallel(sch: Schedule, loop, work: int, const: CPUConstants) -> None:
     if work >= MIN_PARALLEL_WORK:
@@ -614,9 +611,9 @@ class Dense(dlight.ScheduleRule):
             return None
         const = cpu_constants(target)
         epilogue = inline_epilogue(sch, blocks[1:])
-        vector = _power_of_two_divisor(columns, const.lanes())
+        vector = power_of_two_divisor(columns, const.lanes())
         chunk = _even_chunk(columns // vector, const.dense_vectors)
-        slices = _largest_divisor(depth, DENSE_SLICES)
+        slices = largest_divisor(depth, DENSE_SLICES)
         k_slice, _ = sch.split(sch.get_loops(dense)[2], [slices, None])
         partial = sch.rfactor(k_slice, 0)
         i, j, k_slice, k = sch.get_loops(partial)
@@ -686,13 +683,6 @@ def _is_pool(sch: Schedule, block) -> bool:
             and all(len(r.source.shape) == 4 for r in node.reads)
             and len({r.source for r in node.reads} - {node.writes[0].source}) == 1)
 
-
-def _power_of_two_divisor(extent: int, limit: int) -> int:
-    """The largest power of two up to ``limit`` that divides ``extent`` (a vector width without a tail)."""
-    width = 1
-    while width * 2 <= limit and extent % (width * 2) == 0:
-        width *= 2
-    return width
 
 
 def _even_chunk(vectors: int, limit: int) -> int:

@@ -42,7 +42,7 @@ import dataclasses
 import functools
 
 from tvm_shuffle.schedules import int8, int8_dense
-from tvm_shuffle.schedules.analysis import child_blocks, iter_extents
+from tvm_shuffle.schedules.analysis import child_blocks, iter_extents, largest_divisor
 from tvm_shuffle.schedules.constants import GPU, GPUConstants
 from tvm_shuffle.schedules.quads import pack_weights_by_quad, unpack
 from tvm_shuffle.tvm_compat import Schedule, dlight, tir
@@ -196,7 +196,7 @@ def quad_chunk(quads: int, pixels: int) -> int:
     Each chunk costs the block two barriers; ShuffleNet's are whole (its
     widest 1x1 convolution has 244 quads, a block at most 16 pixels).
     """
-    return _largest_divisor(quads, SHARED_BYTES // (4 * pixels))
+    return largest_divisor(quads, SHARED_BYTES // (4 * pixels))
 
 
 def launch(out_channels: int, pixels: int, quads: int, images: int = 1, const: GPUConstants = GPU) -> Launch:
@@ -218,16 +218,13 @@ def launch(out_channels: int, pixels: int, quads: int, images: int = 1, const: G
     threads = const.threads_per_block
     while threads > WARP and images * pixel_tiles * channel_tiles // threads < const.min_blocks:
         threads //= 2
-    pixel_threads = _largest_divisor(pixel_tiles, PIXEL_THREADS)
-    channel_threads = _largest_divisor(channel_tiles, threads // pixel_threads)
+    pixel_threads = largest_divisor(pixel_tiles, PIXEL_THREADS)
+    channel_threads = largest_divisor(channel_tiles, threads // pixel_threads)
     if 2 * pixel_threads * channel_threads <= threads:
-        pixel_threads = _largest_divisor(pixel_tiles, threads // channel_threads)
+        pixel_threads = largest_divisor(pixel_tiles, threads // channel_threads)
     return Launch(per_pixel, per_channel, pixel_threads, channel_threads,
                   quad_chunk(quads, pixel_threads * per_pixel))
 
-
-def _largest_divisor(extent: int, limit: int) -> int:
-    return max(d for d in range(1, min(extent, max(limit, 1)) + 1) if extent % d == 0)
 
 
 # ---------------------------------------------------------------------------

@@ -32,8 +32,8 @@ image (computed, never pooled), which keeps every row index non-negative.
 
 from __future__ import annotations
 
+from tvm_shuffle.schedules.analysis import largest_divisor, power_of_two_divisor
 from tvm_shuffle.schedules.constants import cpu_constants
-from tvm_shuffle.schedules.cpu import _largest_divisor, _power_of_two_divisor
 from tvm_shuffle.tvm_compat import Schedule, dlight, te, tir
 
 STEM_PADDED = "stem_padded"
@@ -130,7 +130,7 @@ def _schedule(sch: Schedule, lanes: int) -> None:
     sch.compute_at(conv, chunk)
     channels, y, p, x, rc, ky, kx = sch.get_loops(conv)[1:]
     x_out, x_in = sch.split(x, [None, lanes])
-    group, channel = sch.split(channels, [None, _largest_divisor(int(sch.get(channels).extent), ACCUMULATORS)])
+    group, channel = sch.split(channels, [None, largest_divisor(int(sch.get(channels).extent), ACCUMULATORS)])
     sch.reorder(y, p, x_out, group, rc, ky, kx, channel, x_in)
     for loop in (channel, ky, kx):
         sch.unroll(loop)
@@ -140,7 +140,7 @@ def _schedule(sch: Schedule, lanes: int) -> None:
     sch.vectorize(sch.split(sch.get_loops(wide)[-1], [None, lanes])[-1])
     sch.reverse_compute_at(pool, chunk)
     columns = sch.get_loops(pool)[-1]
-    sch.vectorize(sch.split(columns, [None, _power_of_two_divisor(int(sch.get(columns).extent), lanes)])[-1])
+    sch.vectorize(sch.split(columns, [None, power_of_two_divisor(int(sch.get(columns).extent), lanes)])[-1])
     # The padding: one padded row, then its columns four ways apart, row by row in parallel.
     sch.compute_at(padded, sch.get_loops(apart)[2])
     sch.decompose_padding(padded, sch.get_loops(padded)[3])
