@@ -6,6 +6,7 @@ exercise the real networks.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,25 @@ def conv_kernels(mod, spec) -> list:
 def is_1x1_weight(buffer) -> bool:
     shape = [int(d) for d in buffer.shape]
     return len(shape) == 4 and shape[0] > 1 and shape[2:] == [1, 1]
+
+
+class EmulatedApp:
+    """Runs bundles on one input under qemu-aarch64 with one example app, cross-built on first use (it loads any bundle)."""
+
+    def __init__(self, root: Path, x: np.ndarray):
+        self.root = root
+        self.x = x
+        (root / "x.bin").write_bytes(x.tobytes())
+        self.app = None
+
+    def run(self, bundle: Path, spec) -> np.ndarray:
+        """The outputs of the bundle built for the ARM preset ``spec``, flattened."""
+        from test_bundle import build_app, run_clean
+
+        if self.app is None:
+            self.app = build_app(bundle, self.root / "app")
+        out = self.root / f"{spec.name}.bin"
+        done = run_clean(shutil.which("qemu-aarch64"), *spec.emulator[1:], self.app, bundle, self.root / "x.bin",
+                         "--repeat", 1, "--dump", out)
+        assert done.returncode == 0, done.stderr
+        return np.fromfile(out, np.float32)

@@ -27,7 +27,7 @@ from tvm_shuffle.models import build_model, randomize_batchnorm
 from tvm_shuffle.schedules import bf16, bf16_arm
 from tvm_shuffle.tvm_compat import Schedule, tir
 
-from conftest import TINY_SHAPE, TinyShuffleUnit
+from conftest import TINY_SHAPE, EmulatedApp, TinyShuffleUnit
 from test_int8_arm import arm, disassembly, kernels_using, relative_error
 
 BF16 = precisions.get("bf16")
@@ -79,32 +79,20 @@ def test_the_neon_rule_takes_the_bf16_kernels_of_native_arm_targets_only(tiny_bf
 # ShuffleNetV2 in bf16, built for each native ARM preset and run under qemu
 
 
-class Emulated:
-    """ShuffleNetV2 0.5x in bf16 per preset, run by one example app (cross-built once) under qemu."""
+class Emulated(EmulatedApp):
+    """ShuffleNetV2 0.5x in bf16 per preset, run under qemu."""
 
     def __init__(self, root):
         torch.manual_seed(0)
         self.module = randomize_batchnorm(build_model("shufflenet_v2_x0_5")).eval()
-        self.x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
-        self.root = root
-        (root / "x.bin").write_bytes(self.x.tobytes())
-        self.app = None
+        super().__init__(root, np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32))
 
     def compile(self, target: str):
         return ts.compile(self.module, target, example_inputs=(torch.from_numpy(self.x),), precision="bf16",
                           quiet=True)
 
-    def run(self, compiled) -> np.ndarray:
-        from test_bundle import build_app, run_clean
-
-        bundle = compiled.save(self.root / compiled.spec.name)
-        if self.app is None:  # the app loads any bundle it is given: one build serves every preset
-            self.app = build_app(bundle, self.root / "app")
-        out = self.root / f"{compiled.spec.name}.bin"
-        done = run_clean(shutil.which("qemu-aarch64"), *compiled.spec.emulator[1:], self.app, bundle,
-                         self.root / "x.bin", "--repeat", 1, "--dump", out)
-        assert done.returncode == 0, done.stderr
-        return np.fromfile(out, np.float32)
+    def run_build(self, compiled) -> np.ndarray:
+        return self.run(compiled.save(self.root / compiled.spec.name), compiled.spec)
 
     def reference(self) -> np.ndarray:
         with torch.no_grad():
@@ -136,7 +124,7 @@ def kernel_names(code: str, mnemonic: str) -> set[str]:
 def test_shufflenet_in_bf16_runs_under_qemu_with_bfdot(emulated, target):
     compiled = emulated.compile(target)
     assert compiled.manifest["precision"] == {"name": "bf16", "mode": "native"}
-    out = emulated.run(compiled)
+    out = emulated.run_build(compiled)
     ref = emulated.reference()
     assert relative_error(out, ref) < BF16.tolerance
     assert out.argmax() == ref.argmax()

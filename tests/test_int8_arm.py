@@ -25,7 +25,7 @@ from tvm_shuffle import precisions, targets
 from tvm_shuffle.models import channel_shuffle
 from tvm_shuffle.schedules import int8_arm
 
-from conftest import arm_marks
+from conftest import EmulatedApp, arm_marks
 
 INT8 = precisions.get("int8")
 SHAPE = (1, 3, 16, 16)
@@ -111,18 +111,15 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-class Emulated:
-    """Builds of :class:`Pointwise` per ARM preset, run by one example app (cross-built once) under qemu."""
+class Emulated(EmulatedApp):
+    """Builds of :class:`Pointwise` per ARM preset, run under qemu."""
 
     def __init__(self, root):
         torch.manual_seed(0)
         self.module = Pointwise().eval()
         rng = np.random.default_rng(0)
         self.calibration = rng.standard_normal((8, *SHAPE[1:])).astype(np.float32)
-        self.x = rng.standard_normal(SHAPE).astype(np.float32)
-        self.root = root
-        (root / "x.bin").write_bytes(self.x.tobytes())
-        self.app = None
+        super().__init__(root, rng.standard_normal(SHAPE).astype(np.float32))
         self.built = {}
 
     def build(self, target: str):
@@ -132,17 +129,8 @@ class Emulated:
             self.built[target] = (compiled.manifest, compiled.save(self.root / target))
         return self.built[target]
 
-    def run(self, target: str) -> np.ndarray:
-        from test_bundle import build_app, run_clean
-
-        _, bundle = self.build(target)
-        if self.app is None:  # the app loads any bundle it is given: one build serves every preset
-            self.app = build_app(bundle, self.root / "app")
-        out = self.root / f"{target}.bin"
-        done = run_clean(shutil.which("qemu-aarch64"), *targets.get(target).emulator[1:], self.app, bundle,
-                         self.root / "x.bin", "--repeat", 1, "--dump", out)
-        assert done.returncode == 0, done.stderr
-        return np.fromfile(out, np.float32)
+    def run_target(self, target: str) -> np.ndarray:
+        return self.run(self.build(target)[1], targets.get(target))
 
     def reference(self) -> np.ndarray:
         with torch.no_grad():
@@ -197,11 +185,11 @@ def test_int8_runs_under_qemu_with_the_targets_dot_product(emulated, target, ins
         loops = sc.analyze_kernel(sc.parse_objdump(code)[classifier + "_compute_"], sc.ISAS["aarch64"])
         assert loops.inner.vector_spills == 0, loops.inner
 
-    out = emulated.run(target)
+    out = emulated.run_target(target)
     assert out.shape == (70,)
     assert relative_error(out, emulated.reference()) < INT8.tolerance
     if instruction:  # the same integers as the A72's multiply-adds: the same logits, bit for bit
-        np.testing.assert_array_equal(out, emulated.run("arm-rpi4"))
+        np.testing.assert_array_equal(out, emulated.run_target("arm-rpi4"))
 
 
 # ---------------------------------------------------------------------------
