@@ -398,3 +398,22 @@ class EmulatedApp:
                          "--repeat", 1, "--dump", out)
         assert done.returncode == 0, done.stderr
         return np.fromfile(out, np.float32)
+
+
+def run_packed_on_cpu(lowered, x: np.ndarray) -> np.ndarray:
+    """First output of ``lowered`` (its kernels scheduled to run on a CPU) on ``x``, built with its weights packed once.
+
+    The packing (padded weights too) must run on the constants at build time: no kernel may be left to repack them per call.
+    """
+    from tvm_shuffle import build, tvm_compat
+    from tvm_shuffle.tvm_compat import relax, tvm
+
+    llvm = tvm_compat.make_target({"kind": "llvm"})
+    backend = tvm_compat.backend_pipeline(llvm)
+    with llvm, tvm.transform.PassContext(opt_level=3):
+        packed = tvm.transform.Sequential(build.weight_packing_passes())(lowered)
+        assert not [gv.name_hint for gv in packed.get_global_vars() if build.WEIGHT_PACKING_SUFFIX in gv.name_hint]
+        executable = tvm.compile(packed, target=llvm, relax_pipeline=tvm.transform.Sequential(
+            [*backend.dataflow_lower_passes(llvm), *backend.finalize_passes(llvm)]))
+    out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()

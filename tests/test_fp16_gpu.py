@@ -38,13 +38,14 @@ import pytest
 import torch
 
 import tvm_shuffle as ts
+from conftest import run_packed_on_cpu
 from test_int8_gpu import NVCC, OddUnit, SHAPE, _modules, cubin_of, kernel_bodies, nvdisasm, relative_error, serial
 from tvm_shuffle import build, compile as compile_cli, frontends, passes, precisions, targets, tvm_compat
 from tvm_shuffle.errors import UserError
 from tvm_shuffle.models import build_model, randomize_batchnorm
 from tvm_shuffle.schedules import tensorcore
 from tvm_shuffle.schedules.constants import GPU
-from tvm_shuffle.tvm_compat import Schedule, relax, tvm
+from tvm_shuffle.tvm_compat import Schedule, tvm
 
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs the CUDA toolkit (nvcc)")
 # The precisions whose 1x1 convolutions are tensor-core kernels on CUDA, by weight dtype.
@@ -178,17 +179,9 @@ def serial_model_logits(module, precision: str, shape) -> tuple[np.ndarray, np.n
     for gv, func in list(lowered.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc) and tensorcore.find(Schedule(func)) is not None:
             lowered.update_func(gv, on_cpu(func))
-    llvm = tvm_compat.make_target({"kind": "llvm"})
-    backend = tvm_compat.backend_pipeline(llvm)
-    with llvm, tvm.transform.PassContext(opt_level=3):
-        packed = tvm.transform.Sequential(build.weight_packing_passes())(lowered)
-        assert not [gv.name_hint for gv in packed.get_global_vars() if build.WEIGHT_PACKING_SUFFIX in gv.name_hint]
-        executable = tvm.compile(packed, target=llvm, relax_pipeline=tvm.transform.Sequential(
-            [*backend.dataflow_lower_passes(llvm), *backend.finalize_passes(llvm)]))
-    out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
     with torch.no_grad():
         reference = module(torch.from_numpy(x)).numpy()
-    return (out if hasattr(out, "numpy") else out[0]).numpy(), reference
+    return run_packed_on_cpu(lowered, x), reference
 
 
 @pytest.mark.parametrize("precision", [p.name for p in REDUCED])

@@ -34,12 +34,12 @@ import pytest
 import torch
 
 import tvm_shuffle as ts
-from conftest import cpu_has
-from tvm_shuffle import build, cuda_codegen, frontends, passes, precisions, quantize, targets, tvm_compat
+from conftest import cpu_has, run_packed_on_cpu
+from tvm_shuffle import build, cuda_codegen, frontends, passes, precisions, quantize, targets
 from tvm_shuffle.models import channel_shuffle, randomize_batchnorm
 from tvm_shuffle.schedules import int8_gpu
 from tvm_shuffle.schedules.constants import GPU
-from tvm_shuffle.tvm_compat import Schedule, ms, relax, tvm
+from tvm_shuffle.tvm_compat import Schedule, ms, tvm
 
 INT8 = precisions.get("int8")
 CUDA = "cuda-sm_90"
@@ -208,16 +208,7 @@ def test_a_model_with_the_gpu_int8_schedules_matches_the_x86_int8_build(odd_unit
             lowered.update_func(gv, serial(scheduled[0].mod["main"]))
             replaced += 1
     assert replaced == 3
-    llvm = tvm_compat.make_target({"kind": "llvm"})
-    backend = tvm_compat.backend_pipeline(llvm)
-    with llvm, tvm.transform.PassContext(opt_level=3):
-        packed = tvm.transform.Sequential(build.weight_packing_passes())(lowered)
-        # The packing (padded weights too) ran on the constants: no kernel is left to repack them per call.
-        assert not [gv.name_hint for gv in packed.get_global_vars() if build.WEIGHT_PACKING_SUFFIX in gv.name_hint]
-        executable = tvm.compile(packed, target=llvm, relax_pipeline=tvm.transform.Sequential(
-            [*backend.dataflow_lower_passes(llvm), *backend.finalize_passes(llvm)]))
-    out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    ours = (out if hasattr(out, "numpy") else out[0]).numpy()
+    ours = run_packed_on_cpu(lowered, x)
     x86 = ts.compile(odd_unit, "x86-avx2", input_shape=SHAPE, precision="int8", calibration=calibration(), quiet=True)
     np.testing.assert_allclose(ours, x86(x)[0], rtol=1e-5, atol=1e-5 * np.abs(ours).max())
     with torch.no_grad():
