@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, i64, vectorize_divisor
+from tvm_shuffle.schedules.analysis import iter_extents
+from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, i64, vectorize_divisor
 from tvm_shuffle.tvm_compat import Schedule, tir
 
 QUAD = 4  # input channels per 32-bit word (one lane of vpdpbusd, sdot, dp4a)
@@ -63,6 +64,27 @@ def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int) -> Non
     sch.vectorize(lane)
 
 
+def computes_batch_as_one_axis(sch: Schedule, conv, crop) -> bool:
+    """Whether a 1x1 kernel's sums hold the batch's pixels as one axis (:func:`.int8.merges_batch`): one row for N images."""
+    return iter_extents(sch, conv)[0] != iter_extents(sch, crop)[0]
+
+
+def crop_whole_batch(sch: Schedule, crop, work: int) -> None:
+    """The crop (and epilogue) of a kernel whose batch is one pixel axis, after all the sums: images x channels, pixels.
+
+    Placed inside a tile of the sums, TVM infers the crop's pixels from its
+    ``n * plane + p`` reads as fewer than the plane when the batch's pixels
+    are padded (a 7x7 plane at batch 4 kept 12 of its 49): the crop runs
+    as a loop nest of its own over whole planes, each a contiguous row both
+    in the sums and in the NCHW output, vectorized along it.
+    """
+    n, o, p = sch.get_loops(crop)
+    outer = sch.fuse(n, o)
+    vectorize_divisor(sch, p)
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(outer)
+
+
 def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
     """The s8 weights as ``[K / 4, O, 4]`` (the output channels' quads, input quad by input quad); returns the packing block.
 
@@ -80,4 +102,5 @@ def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
     return weights
 
 
-__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad"]
+__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad",
+           "computes_batch_as_one_axis", "crop_whole_batch"]
