@@ -29,9 +29,8 @@ row for the whole batch, and the crop reads image ``n`` at ``n * plane``.
 
 Stages of the kernel, in order (block names):
 
-* ``int8_gather`` (several source tensors, a plane that needs no
-  padding, or a batch that is one pixel axis): the gathered channels,
-  fp32, flat pixels;
+* ``int8_gather`` (several source tensors, or a plane that needs no
+  padding): the gathered channels, fp32, flat pixels;
 * ``int8_pad`` (only when the plane is no whole number of vectors);
 * ``int8_quads``: the u8 input, a quad of channels per uint32;
 * ``int8_weights`` (only when the input channels are no whole number of
@@ -76,8 +75,8 @@ from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
 from tvm_shuffle.schedules.bf16 import flat_input, fold_epilogue, i64, plan, register_tile, shape64, tile_sums
 from tvm_shuffle.schedules.bf16 import vectorize_divisor
-from tvm_shuffle.schedules.quads import QUAD, InputQuant, computes_batch_as_one_axis, crop_whole_batch, pack_quad
-from tvm_shuffle.schedules.quads import unpack, vectorize_input_stages
+from tvm_shuffle.schedules.quads import QUAD, InputQuant, batch_plane, computes_batch_as_one_axis, crop_whole_batch
+from tvm_shuffle.schedules.quads import pack_quad, unpack, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 CONV = "conv2d_int8"
@@ -202,33 +201,31 @@ def merges_batch(batch: int, plane: int) -> bool:
 def batch_input(sources, gather, channels: int, *, gather_name: str, pad_name: str):
     """The gathered input as ``read(0, c, q)`` over the batch's pixels ``q = n * plane + p``, padded once to whole vectors.
 
-    The :func:`.bf16.flat_input` of a batch that :func:`merges_batch`: the
-    gather stage (``gather_name``, always present) stores the input as
-    ``[1, C, N, plane]``, which is ``[1, C, N * plane]`` in memory; it reads
-    and writes whole planes, contiguous in both the NCHW source and its copy.
-    The padding stage (``pad_name``, when ``N * plane`` is no whole number of
-    vectors) then copies rows of contiguous pixels. Returns ``(read, padded
-    pixels)``; ``read``'s first index is the single row of the kernel's
-    stages, always 0.
+    The :func:`.bf16.flat_input` of a batch that :func:`merges_batch`, in one
+    stage of ``[1, C, padded]``: the padding stage (``pad_name``) when ``N *
+    plane`` is no whole number of vectors, else the gather stage
+    (``gather_name``). Its reads of image ``q // plane`` are whole planes,
+    contiguous in the NCHW source and in the copy, once the schedule splits
+    the pixels by image (:func:`.quads.vectorize_input_stages`). Returns
+    ``(read, padded pixels)``; ``read``'s first index is the single row of
+    the kernel's stages, always 0.
     """
     batch, _, height, width = (int(d) for d in sources[0].shape)
     plane = height * width
     pixels = batch * plane
     padded = -(-pixels // LANES) * LANES
-    gathered = te.compute(shape64(1, channels, batch, plane),
-                          lambda r, c, n, p: gather.read(sources, n, c, p // i64(width), p % i64(width)),
-                          name=gather_name)
 
-    def read(r, c, q):
-        return gathered[r, c, q // i64(plane), q % i64(plane)]
+    def real(c, q):
+        p = q % i64(plane)
+        return gather.read(sources, q // i64(plane), c, p // i64(width), p % i64(width))
 
     if padded > pixels:
-        real = read
         flat = te.compute(shape64(1, channels, padded),
-                          lambda r, c, q: tir.if_then_else(q < i64(pixels), real(r, c, q), tir.const(0, "float32")),
+                          lambda r, c, q: tir.if_then_else(q < i64(pixels), real(c, q), tir.const(0, "float32")),
                           name=pad_name)
-        read = lambda r, c, q: flat[r, c, q]  # noqa: E731
-    return read, padded
+    else:
+        flat = te.compute(shape64(1, channels, padded), lambda r, c, q: real(c, q), name=gather_name)
+    return (lambda r, c, q: flat[r, c, q]), padded
 
 
 # ---------------------------------------------------------------------------
@@ -355,9 +352,9 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     """Sums of ``channels x vectors`` in registers per pixel chunk; the input stages per tile or per plane."""
     crop = fold_epilogue(sch, found.crop, found.epilogue)
     out_channels, padded, _, tile = plan(sch, found.conv, crop, tiles)
-    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     conv = found.conv
     merged = computes_batch_as_one_axis(sch, conv, crop)
+    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     n, p_out, o_out, k, lane = tile_sums(sch, conv, None if merged else crop, padded=padded, tile=tile, oc=oc,
                                          vectors=vectors, lanes=lanes, native=native)
     if merged:
@@ -414,7 +411,7 @@ def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> No
 
 def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
     # A vector of pixels' quads at a time: four fp32 rows in, one 64-byte row of uint32 out.
-    vectorize_input_stages(sch, found.gather, found.pad, found.quads, LANES)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, LANES, batch_plane(sch, found.conv, found.crop))
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",

@@ -78,7 +78,7 @@ import re
 from tvm_shuffle.schedules.analysis import iter_extents
 from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, thread_slices, vectorize_divisor
 from tvm_shuffle.schedules.quads import QUAD, computes_batch_as_one_axis, crop_whole_batch, pack_weights_by_quad, unpack
-from tvm_shuffle.schedules.quads import vectorize_input_stages
+from tvm_shuffle.schedules.quads import batch_plane, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, target_has_feature, tir
 
 DOTPROD_FEATURE = "dotprod"  # sdot / udot (Armv8.2-A DotProd)
@@ -471,7 +471,7 @@ def _vectorize_stages(sch: Schedule, found) -> None:
     NEON registers, and LLVM interleaves several such steps: the constants
     of the quantization would be reloaded from the stack.
     """
-    vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR, batch_plane(sch, found.conv, found.crop))
 
 
 # ---------------------------------------------------------------------------

@@ -51,17 +51,35 @@ def unpack(word, j):
                                              tir.const(255, "uint32")))
 
 
-def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int) -> None:
-    """The stages in front of the dot products: the gather and the padding vectorized, the quads ``lanes`` pixels at a time."""
+def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int, plane: int | None = None) -> None:
+    """The stages in front of the dot products: the gather and the padding vectorized, the quads ``lanes`` pixels at a time.
+
+    ``plane``: the pixels per image of a kernel whose batch is one pixel axis
+    (:func:`.int8.batch_input`): its gather or padding stage copies the real
+    pixels image by image, each a contiguous row of ``plane`` pixels in the
+    NCHW source and in the copy, vectorized along the row.
+    """
     if gather is not None:
-        vectorize_divisor(sch, sch.get_loops(gather)[-1])
+        _vectorize_rows(sch, sch.get_loops(gather)[-1], plane)
     if pad is not None:
         loops = sch.get_loops(pad)
         if sch.can_decompose_padding(pad, loops[-1]):
             sch.decompose_padding(pad, loops[-1])
-            vectorize_divisor(sch, sch.get_loops(pad)[-1])
+            _vectorize_rows(sch, sch.get_loops(pad)[-1], plane)
     _, lane = sch.split(sch.get_loops(quads)[-1], [None, lanes])
     sch.vectorize(lane)
+
+
+def _vectorize_rows(sch: Schedule, loop, plane: int | None) -> None:
+    extent = int(sch.get(loop).extent)
+    if plane is not None and extent > plane and extent % plane == 0:
+        loop = sch.split(loop, [None, plane])[1]
+    vectorize_divisor(sch, loop)
+
+
+def batch_plane(sch: Schedule, conv, crop) -> int | None:
+    """The plane of a 1x1 kernel whose batch is one pixel axis (crop iterating n, o, flat pixels), else None."""
+    return iter_extents(sch, crop)[2] if computes_batch_as_one_axis(sch, conv, crop) else None
 
 
 def computes_batch_as_one_axis(sch: Schedule, conv, crop) -> bool:
@@ -103,4 +121,4 @@ def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
 
 
 __all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad",
-           "computes_batch_as_one_axis", "crop_whole_batch"]
+           "computes_batch_as_one_axis", "batch_plane", "crop_whole_batch"]
