@@ -354,7 +354,7 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     out_channels, padded, _, tile = plan(sch, found.conv, crop, tiles)
     conv = found.conv
     merged = computes_batch_as_one_axis(sch, conv, crop)
-    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
+    oc, vectors = register_tile(out_channels, _chunk_vectors(tile // lanes, tiles, merged), tiles.accumulators)
     n, p_out, o_out, k, lane = tile_sums(sch, conv, None if merged else crop, padded=padded, tile=tile, oc=oc,
                                          vectors=vectors, lanes=lanes, native=native)
     if merged:
@@ -382,6 +382,21 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     sch.decompose_reduction(conv, k)
     if native:
         sch.tensorize(lane, DOT_INTRIN)
+
+
+def _chunk_vectors(vectors: int, tiles: Tiles, merged: bool) -> int:
+    """Pixel vectors the register tile may span: all of the tile's, or at most ``tile_vectors`` when the batch is one axis.
+
+    A batch's pixels as one tile run to many vectors, often a prime number of
+    them (4 x 7x7 is 13): the register tile would take all of them for a
+    couple of output channels, and each chunk's input quads (13 vectors of
+    116 quads, 96 KB) would stream from L2 for every two channels. At most
+    ``tile_vectors`` (a divisor) keeps a chunk's quads in L1, as a 7x7 plane's
+    are at batch 1.
+    """
+    if not merged:
+        return vectors
+    return max(v for v in range(1, min(vectors, tiles.tile_vectors) + 1) if vectors % v == 0)
 
 
 def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> None:
