@@ -430,7 +430,8 @@ def tile_sums(sch: Schedule, conv, crop, *, padded: int, tile: int, oc: int, vec
     The conv's loops (n, o, p, k, j) become n, pixel tiles, channel tiles,
     chunks, k, then (native dot products) channels, vectors, lanes, j or
     (one input channel a step) j, channels, vectors, lanes; returns
-    (n, pixel tiles, channel tiles, k, lanes).
+    (n, pixel tiles, channel tiles, k, lanes). ``crop`` None: the caller
+    places the crop.
     """
     writeback = sch.cache_write(conv, 0, "local")
     n, o, p, k, j = sch.get_loops(conv)
@@ -441,7 +442,8 @@ def tile_sums(sch: Schedule, conv, crop, *, padded: int, tile: int, oc: int, vec
     else:
         sch.reorder(n, p_out, o_out, chunk, k, j, o_in, vector, lane)
     sch.reverse_compute_at(writeback, chunk)
-    sch.reverse_compute_at(crop, o_out)
+    if crop is not None:
+        sch.reverse_compute_at(crop, o_out)
     vectorize_divisor(sch, sch.get_loops(writeback)[-1])
     sch.unroll(o_in)
     sch.unroll(vector)

@@ -21,6 +21,12 @@ a time (a byte-interleaved layout made the quantization scalar). Input
 channels are padded to a multiple of 4 with u8 zeros, and the weights with
 s8 zeros (the ``int8_weights`` stage).
 
+At batch > 1 a small plane padded image by image wastes most of its
+vectors (a 2x2 plane computes 16 pixels for 4, a 7x7 plane 64 for 49):
+there (:func:`merges_batch`) the pixels of all images are one axis, ``n *
+plane + p``, padded once (:func:`batch_input`); the stages then hold one
+row for the whole batch, and the crop reads image ``n`` at ``n * plane``.
+
 Stages of the kernel, in order (block names):
 
 * ``int8_gather`` (several source tensors, or a plane that needs no
@@ -30,7 +36,9 @@ Stages of the kernel, in order (block names):
 * ``int8_weights`` (only when the input channels are no whole number of
   quads): the s8 weights padded to quads;
 * ``conv2d_int8``: the s32 sums over the padded pixels;
-* ``conv2d_int8_crop``: the real pixels as fp32, NCHW (the epilogue joins it).
+* ``conv2d_int8_crop``: the real pixels as fp32, NCHW (the epilogue joins
+  it); per channel tile, or after all of them when the batch is one axis
+  (:func:`.quads.crop_whole_batch`).
 
 Which convolution gets which quantization parameters: the graph pass stores
 them in an :class:`InputQuantTable` keyed by :func:`fingerprint` of the s8
@@ -67,7 +75,8 @@ from tvm_shuffle.schedules.analysis import child_blocks
 from tvm_shuffle.schedules.bf16 import LANES, LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, TILES, Tiles
 from tvm_shuffle.schedules.bf16 import flat_input, fold_epilogue, i64, plan, register_tile, shape64, tile_sums
 from tvm_shuffle.schedules.bf16 import vectorize_divisor
-from tvm_shuffle.schedules.quads import QUAD, InputQuant, pack_quad, unpack, vectorize_input_stages
+from tvm_shuffle.schedules.quads import QUAD, InputQuant, batch_plane, computes_batch_as_one_axis, crop_whole_batch
+from tvm_shuffle.schedules.quads import pack_quad, unpack, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, dlight, target_has_feature, te, tir
 
 CONV = "conv2d_int8"
@@ -77,6 +86,8 @@ PAD = "int8_pad"
 QUADS = "int8_quads"
 WEIGHTS = "int8_weights"
 DOT_INTRIN = "tvm_shuffle_vpdpbusd_16x4"
+# Per-image padding above this share of the padded pixels merges a batch's pixels into one axis (merges_batch).
+MERGE_WASTE = 0.125
 VNNI_FEATURE = "avx512vnni"
 
 
@@ -137,9 +148,15 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
     batch, _, height, width = (int(d) for d in sources[0].shape)
     out_channels, channels = (int(d) for d in weight.shape[:2])
     quads = -(-channels // QUAD)
-    read, padded = flat_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
+    merged = merges_batch(batch, height * width)
+    if merged:
+        read, padded = batch_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
+        rows = 1
+    else:
+        read, padded = flat_input(sources, gather, channels, gather_name=GATHER, pad_name=PAD)
+        rows = batch
     # One uint32 per pixel and quad of channels (byte j: channel 4k + j), computed a vector of pixels at a time.
-    quad_input = te.compute(shape64(batch, quads, padded),
+    quad_input = te.compute(shape64(rows, quads, padded),
                             lambda n, k, p: pack_quad(lambda c: read(n, c, p), k, channels, quant), name=QUADS)
     zero = i64(0)
     if channels % QUAD:
@@ -153,12 +170,62 @@ def pointwise_conv2d(*tensors: te.Tensor, gather, out_dtype: str = "float32") ->
         read_weight = lambda o, c: weight[o, c, zero, zero]  # noqa: E731
     k = te.reduce_axis((i64(0), i64(quads)), "rk")
     j = te.reduce_axis((i64(0), i64(QUAD)), "rj")
-    conv = te.compute(shape64(batch, out_channels, padded),
+    conv = te.compute(shape64(rows, out_channels, padded),
                       lambda n, o, p: te.sum(unpack(quad_input[n, k, p], j)
                                              * read_weight(o, k * i64(QUAD) + j).astype("int32"), axis=[k, j]),
                       name=CONV)
+    if merged:
+        plane = height * width
+        return te.compute(shape64(batch, out_channels, height, width),
+                          lambda n, o, h, w: conv[zero, o, n * i64(plane) + h * i64(width) + w].astype(out_dtype),
+                          name=CROP)
     return te.compute(shape64(batch, out_channels, height, width),
                       lambda n, o, h, w: conv[n, o, h * i64(width) + w].astype(out_dtype), name=CROP)
+
+
+def merges_batch(batch: int, plane: int) -> bool:
+    """Whether the kernel computes the pixels of all ``batch`` images as one axis rather than image by image.
+
+    Each image's plane padded to whole vectors of :data:`LANES` computes
+    ``ceil(plane / LANES)`` vectors per image: 4 for a 7x7 plane (49 of 64
+    pixels real), 1 for 2x2 (4 of 16) and 1x1 (1 of 16). The batch's pixels
+    as one axis, padded once, waste less than a vector in all. Merged when
+    the per-image padding is more than :data:`MERGE_WASTE` of the padded
+    pixels; a plane of whole vectors (8x8, 28x28) or one that wastes little
+    (14x14: 12 of 208) keeps its per-image tiles, and batch 1 is unchanged.
+    """
+    padded = -(-plane // LANES) * LANES
+    return batch > 1 and padded - plane > MERGE_WASTE * padded
+
+
+def batch_input(sources, gather, channels: int, *, gather_name: str, pad_name: str):
+    """The gathered input as ``read(0, c, q)`` over the batch's pixels ``q = n * plane + p``, padded once to whole vectors.
+
+    The :func:`.bf16.flat_input` of a batch that :func:`merges_batch`, in one
+    stage of ``[1, C, padded]``: the padding stage (``pad_name``) when ``N *
+    plane`` is no whole number of vectors, else the gather stage
+    (``gather_name``). Its reads of image ``q // plane`` are whole planes,
+    contiguous in the NCHW source and in the copy, once the schedule splits
+    the pixels by image (:func:`.quads.vectorize_input_stages`). Returns
+    ``(read, padded pixels)``; ``read``'s first index is the single row of
+    the kernel's stages, always 0.
+    """
+    batch, _, height, width = (int(d) for d in sources[0].shape)
+    plane = height * width
+    pixels = batch * plane
+    padded = -(-pixels // LANES) * LANES
+
+    def real(c, q):
+        p = q % i64(plane)
+        return gather.read(sources, q // i64(plane), c, p // i64(width), p % i64(width))
+
+    if padded > pixels:
+        flat = te.compute(shape64(1, channels, padded),
+                          lambda r, c, q: tir.if_then_else(q < i64(pixels), real(c, q), tir.const(0, "float32")),
+                          name=pad_name)
+    else:
+        flat = te.compute(shape64(1, channels, padded), lambda r, c, q: real(c, q), name=gather_name)
+    return (lambda r, c, q: flat[r, c, q]), padded
 
 
 # ---------------------------------------------------------------------------
@@ -285,11 +352,15 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     """Sums of ``channels x vectors`` in registers per pixel chunk; the input stages per tile or per plane."""
     crop = fold_epilogue(sch, found.crop, found.epilogue)
     out_channels, padded, _, tile = plan(sch, found.conv, crop, tiles)
-    oc, vectors = register_tile(out_channels, tile // lanes, tiles.accumulators)
     conv = found.conv
-    n, p_out, o_out, k, lane = tile_sums(sch, conv, crop, padded=padded, tile=tile, oc=oc, vectors=vectors,
-                                         lanes=lanes, native=native)
-    vectorize_divisor(sch, sch.get_loops(crop)[-1])
+    merged = computes_batch_as_one_axis(sch, conv, crop)
+    oc, vectors = register_tile(out_channels, _chunk_vectors(tile // lanes, tiles, merged), tiles.accumulators)
+    n, p_out, o_out, k, lane = tile_sums(sch, conv, None if merged else crop, padded=padded, tile=tile, oc=oc,
+                                         vectors=vectors, lanes=lanes, native=native)
+    if merged:
+        crop_whole_batch(sch, crop, padded * out_channels)
+    else:
+        vectorize_divisor(sch, sch.get_loops(crop)[-1])
     _pack_weights(sch, found, oc, native=native)
     if not native:
         sch.vectorize(lane)
@@ -311,6 +382,21 @@ def _tile(sch: Schedule, found: _Blocks, tiles: Tiles, *, lanes: int, native: bo
     sch.decompose_reduction(conv, k)
     if native:
         sch.tensorize(lane, DOT_INTRIN)
+
+
+def _chunk_vectors(vectors: int, tiles: Tiles, merged: bool) -> int:
+    """Pixel vectors the register tile may span: all of the tile's, or at most ``tile_vectors`` when the batch is one axis.
+
+    A batch's pixels as one tile run to many vectors, often a prime number of
+    them (4 x 7x7 is 13): the register tile would take all of them for a
+    couple of output channels, and each chunk's input quads (13 vectors of
+    116 quads, 96 KB) would stream from L2 for every two channels. At most
+    ``tile_vectors`` (a divisor) keeps a chunk's quads in L1, as a 7x7 plane's
+    are at batch 1.
+    """
+    if not merged:
+        return vectors
+    return max(v for v in range(1, min(vectors, tiles.tile_vectors) + 1) if vectors % v == 0)
 
 
 def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> None:
@@ -340,7 +426,7 @@ def _pack_weights(sch: Schedule, found: _Blocks, oc: int, *, native: bool) -> No
 
 def _vectorize_stages(sch: Schedule, found: _Blocks) -> None:
     # A vector of pixels' quads at a time: four fp32 rows in, one 64-byte row of uint32 out.
-    vectorize_input_stages(sch, found.gather, found.pad, found.quads, LANES)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, LANES, batch_plane(sch, found.conv, found.crop))
 
 
 __all__ = ["InputQuant", "InputQuantTable", "fingerprint", "using_table", "input_quant", "is_pointwise",

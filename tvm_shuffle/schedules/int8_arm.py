@@ -77,7 +77,8 @@ import re
 
 from tvm_shuffle.schedules.analysis import iter_extents
 from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, thread_slices, vectorize_divisor
-from tvm_shuffle.schedules.quads import QUAD, pack_weights_by_quad, unpack, vectorize_input_stages
+from tvm_shuffle.schedules.quads import QUAD, computes_batch_as_one_axis, crop_whole_batch, pack_weights_by_quad, unpack
+from tvm_shuffle.schedules.quads import batch_plane, vectorize_input_stages
 from tvm_shuffle.tvm_compat import Schedule, target_has_feature, tir
 
 DOTPROD_FEATURE = "dotprod"  # sdot / udot (Armv8.2-A DotProd)
@@ -426,8 +427,11 @@ def schedule_pointwise(sch: Schedule, found, target) -> None:
     sch.reorder(n, p_out, o_out, o_in, p_in, k, j)
     pack_weights_by_quad(sch, found.conv, found.weights)
     outer = sch.fuse(n, p_out, o_out)
-    sch.reverse_compute_at(crop, outer)
-    vectorize_divisor(sch, sch.get_loops(crop)[-1])
+    if computes_batch_as_one_axis(sch, conv, crop):
+        crop_whole_batch(sch, crop, padded * out_channels)
+    else:
+        sch.reverse_compute_at(crop, outer)
+        vectorize_divisor(sch, sch.get_loops(crop)[-1])
     # The input stages run first, each in its own parallel loop: inside the loop of tiles the quantization's
     # constants would stay live across the dot products and spill.
     for block in (found.pad, found.quads):
@@ -467,7 +471,7 @@ def _vectorize_stages(sch: Schedule, found) -> None:
     NEON registers, and LLVM interleaves several such steps: the constants
     of the quantization would be reloaded from the stack.
     """
-    vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR)
+    vectorize_input_stages(sch, found.gather, found.pad, found.quads, VECTOR, batch_plane(sch, found.conv, found.crop))
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, i64, vectorize_divisor
+from tvm_shuffle.schedules.analysis import iter_extents
+from tvm_shuffle.schedules.bf16 import LAYOUT_REWRITE_PREPROC, MIN_PARALLEL_WORK, i64, vectorize_divisor
 from tvm_shuffle.tvm_compat import Schedule, tir
 
 QUAD = 4  # input channels per 32-bit word (one lane of vpdpbusd, sdot, dp4a)
@@ -50,17 +51,56 @@ def unpack(word, j):
                                              tir.const(255, "uint32")))
 
 
-def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int) -> None:
-    """The stages in front of the dot products: the gather and the padding vectorized, the quads ``lanes`` pixels at a time."""
+def vectorize_input_stages(sch: Schedule, gather, pad, quads, lanes: int, plane: int | None = None) -> None:
+    """The stages in front of the dot products: the gather and the padding vectorized, the quads ``lanes`` pixels at a time.
+
+    ``plane``: the pixels per image of a kernel whose batch is one pixel axis
+    (:func:`.int8.batch_input`): its gather or padding stage copies the real
+    pixels image by image, each a contiguous row of ``plane`` pixels in the
+    NCHW source and in the copy, vectorized along the row.
+    """
     if gather is not None:
-        vectorize_divisor(sch, sch.get_loops(gather)[-1])
+        _vectorize_rows(sch, sch.get_loops(gather)[-1], plane)
     if pad is not None:
         loops = sch.get_loops(pad)
         if sch.can_decompose_padding(pad, loops[-1]):
             sch.decompose_padding(pad, loops[-1])
-            vectorize_divisor(sch, sch.get_loops(pad)[-1])
+            _vectorize_rows(sch, sch.get_loops(pad)[-1], plane)
     _, lane = sch.split(sch.get_loops(quads)[-1], [None, lanes])
     sch.vectorize(lane)
+
+
+def _vectorize_rows(sch: Schedule, loop, plane: int | None) -> None:
+    extent = int(sch.get(loop).extent)
+    if plane is not None and extent > plane and extent % plane == 0:
+        loop = sch.split(loop, [None, plane])[1]
+    vectorize_divisor(sch, loop)
+
+
+def batch_plane(sch: Schedule, conv, crop) -> int | None:
+    """The plane of a 1x1 kernel whose batch is one pixel axis (crop iterating n, o, flat pixels), else None."""
+    return iter_extents(sch, crop)[2] if computes_batch_as_one_axis(sch, conv, crop) else None
+
+
+def computes_batch_as_one_axis(sch: Schedule, conv, crop) -> bool:
+    """Whether a 1x1 kernel's sums hold the batch's pixels as one axis (:func:`.int8.merges_batch`): one row for N images."""
+    return iter_extents(sch, conv)[0] != iter_extents(sch, crop)[0]
+
+
+def crop_whole_batch(sch: Schedule, crop, work: int) -> None:
+    """The crop (and epilogue) of a kernel whose batch is one pixel axis, after all the sums: images x channels, pixels.
+
+    Placed inside a tile of the sums, TVM infers the crop's pixels from its
+    ``n * plane + p`` reads as fewer than the plane when the batch's pixels
+    are padded (a 7x7 plane at batch 4 kept 12 of its 49): the crop runs
+    as a loop nest of its own over whole planes, each a contiguous row both
+    in the sums and in the NCHW output, vectorized along it.
+    """
+    n, o, p = sch.get_loops(crop)
+    outer = sch.fuse(n, o)
+    vectorize_divisor(sch, p)
+    if work >= MIN_PARALLEL_WORK:
+        sch.parallel(outer)
 
 
 def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
@@ -80,4 +120,5 @@ def pack_weights_by_quad(sch: Schedule, consumer, weights=None):
     return weights
 
 
-__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad"]
+__all__ = ["QUAD", "InputQuant", "quantize_u8", "pack_quad", "unpack", "vectorize_input_stages", "pack_weights_by_quad",
+           "computes_batch_as_one_axis", "batch_plane", "crop_whole_batch"]
