@@ -324,3 +324,23 @@ def test_shufflenet_v2_int8_at_batch_8_on_small_planes_matches_pytorch():
     errors = [relative_error(o, r) for o, r in zip(out, ref)]  # each image: a mix-up of images fails here
     assert max(errors) < INT8.tolerance, errors
     assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("images", [1, 3, 5])
+def test_every_calibration_image_counts_at_any_batch(images):
+    """A model of batch 4 calibrates on 1, 3 or 5 images as a batch-1 model does on the same images: a set shorter
+    than the batch, or a last short chunk, is not skipped."""
+    from tvm_shuffle import passes
+    from tvm_shuffle.frontends import import_model
+
+    from conftest import TinyShuffleUnit
+
+    torch.manual_seed(0)
+    module = TinyShuffleUnit().eval()
+    data = np.random.default_rng(0).standard_normal((images, 3, 16, 16)).astype(np.float32) * 3
+    quants = {}
+    for batch in (1, 4):
+        imported = import_model(module, example_inputs=(torch.zeros(batch, 3, 16, 16),))
+        mod = passes.optimize(imported.mod)
+        quants[batch] = quantize.calibrate(mod, quantize.Calibration(data, "minmax", "array"))
+    assert quants[4] and quants[4] == quants[1]

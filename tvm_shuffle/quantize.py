@@ -219,10 +219,14 @@ def calibrate(mod: "tvm.IRModule", calibration: Calibration) -> list[int8.InputQ
     rng = np.random.default_rng(SYNTHETIC_SEED)
     batch = int(mod["main"].params[0].ty.shape.values[0])
     data = calibration.data
-    for start in range(0, data.shape[0] - batch + 1, batch):
-        outputs = vm["main"](tvm.runtime.tensor(data[start:start + batch]))
+    for start in range(0, data.shape[0], batch):
+        # The probe runs at the model's batch: a last, short chunk is filled with its own images again,
+        # and only its real images' values count (every int8-able input is batch-first).
+        real = min(batch, data.shape[0] - start)
+        chunk = np.take(data[start:start + real], np.arange(batch) % real, axis=0)
+        outputs = vm["main"](tvm.runtime.tensor(chunk))
         for i in range(len(unique)):
-            values = outputs[i].numpy().ravel()
+            values = outputs[i].numpy()[:real].ravel()
             lows[i] = min(lows[i], float(values.min()))
             highs[i] = max(highs[i], float(values.max()))
             if calibration.calibrator == "percentile":
