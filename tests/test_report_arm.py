@@ -51,7 +51,9 @@ def test_report_without_a_board_checks_the_generated_code(tmp_path):
     static = data["static_check"]
     assert static["arm_target"]["name"] == "arm-rpi4" and "not a measurement" in static["method"]
     convs = [r for r in static["rows"] if "conv2d" in r["kernel"]]
-    assert convs and all(r["arm_found"] and r["x86_found"] for r in convs)
+    assert all(r["arm_found"] for r in convs)
+    # Every convolution has its x86 twin but the stem's, which x86 fuses with the max-pool (schedules.stem).
+    assert len(convs) > 1 and [r["x86_found"] for r in convs].count(False) == 1
     assert any(r["arm_vector_fma"] > 0 for r in convs)  # NEON FMAs, counted from the disassembly
     assert static["flagged"] == [r["kernel"] for r in static["rows"]
                                  if r["arm_inner_spills"] or r["arm_inner_scalar_fma"]]

@@ -143,6 +143,9 @@ def test_pair_kernels_by_call_position():
     assert sc.pair_kernels(arm, x86) == {"conv1": "conv1", "dw": "dw_wide", "conv2": "conv2", "mean": "mean"}
     assert sc.pair_kernels(["a", "a"], ["b", "c"]) == {}  # one kernel, two partners: no pair
     assert sc.pair_kernels(arm, x86[:-1]) == {}
+    # x86's fused stem takes the place of the stem's convolution and max-pool, which pair with nothing
+    stem = ["stem_conv", "max_pool2d"]
+    assert sc.pair_kernels(stem + arm, ["stem_pool"] + x86) == sc.pair_kernels(arm, x86)
 
 
 def test_markdown_flags_spills_and_scalar_fmas():

@@ -454,15 +454,27 @@ def pair_kernels(arm_calls: Sequence[str], x86_calls: Sequence[str]) -> dict[str
 
     The two builds lower the same Relax graph, call for call; only names
     differ (x86's depthwise convolutions compute padded rows and are named
-    ``conv2d_depthwise``). A kernel whose calls pair with different x86
-    kernels, or call sequences of different lengths, pair nothing.
+    ``conv2d_depthwise``), and a kernel one build makes of several calls of
+    the other (:func:`_call_slots`) takes their places, pairing with none. A kernel whose calls
+    pair with different x86 kernels, or call sequences of different
+    lengths, pair nothing.
     """
-    if len(arm_calls) != len(x86_calls):
+    arm_slots, x86_slots = _call_slots(arm_calls), _call_slots(x86_calls)
+    if len(arm_slots) != len(x86_slots):
         return {}
     pairs: dict[str, set[str]] = {}
-    for arm, x86 in zip(arm_calls, x86_calls):
-        pairs.setdefault(arm, set()).add(x86)
-    return {arm: next(iter(x86)) for arm, x86 in pairs.items() if len(x86) == 1}
+    for arm, x86 in zip(arm_slots, x86_slots):
+        if arm is not None:
+            pairs.setdefault(arm, set()).add(x86)
+    return {arm: next(iter(x86)) for arm, x86 in pairs.items() if len(x86) == 1 and None not in x86}
+
+
+def _call_slots(calls: Sequence[str]) -> list[str | None]:
+    """``calls`` with x86's fused stem (:mod:`tvm_shuffle.schedules.stem`: the stem's convolution and its
+    max-pool in one kernel) as two empty slots."""
+    from tvm_shuffle.schedules.stem import STEM_POOL
+
+    return [slot for name in calls for slot in ([None, None] if name == STEM_POOL else [name])]
 
 
 def analyze(imported, spec, out_dir: str | Path, *, x86_spec=None, shuffle: str = "fused", database=None,
