@@ -5,13 +5,15 @@
 Each model has randomized BatchNorm statistics (:func:`tvm_shuffle.models.randomize_batchnorm`), so
 its logits depend on every layer; it is calibrated (min-max) on seeded N(0, 1) images and compared
 with PyTorch fp32 on other seeded images, batch 1 at 1x3x224x224. Prints a Markdown table: top-1
-agreement, the mean relative L2 error of the logits and its SNR (-20 log10 of it).
+agreement, the mean relative L2 error of the logits and its SNR (-20 log10 of it), under a line with
+the revision measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -53,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     calibration = rng.standard_normal((args.calibration_images, *SHAPE[1:])).astype(np.float32)
     inputs = rng.standard_normal((args.inputs, *SHAPE[1:])).astype(np.float32)
     from tvm_shuffle import models
+    from tvm_shuffle.checkout import require_checkout, revision
 
+    root = Path(__file__).resolve().parents[1]
+    require_checkout(root)
     names = args.models.split(",")
     unknown = [name for name in names if name not in models.MODELS]
     if unknown:
         parser.error(f"unknown models {', '.join(unknown)}; the zoo has {', '.join(models.MODELS)}")
+    print(f"tvm_shuffle {revision(root)}, {args.calibration_images} calibration images, {args.inputs} inputs per model\n")
     print("| model | top-1 agreement | relative L2 logit error | SNR dB |\n|---|---|---|---|")
     for name in names:
         agree, error = compare(name, calibration, inputs)
