@@ -13,7 +13,7 @@ import numpy as np
 
 from tvm_shuffle import precisions
 from tvm_shuffle.defaults import SHUFFLE_MODES
-from tvm_shuffle.relax_rewrite import rewrite_calls, rewrite_matches
+from tvm_shuffle.relax_rewrite import is_op_call, rewrite_calls, rewrite_matches
 from tvm_shuffle.tvm_compat import relax, tvm
 
 
@@ -241,7 +241,7 @@ def lower_int8_convs(mod: "tvm.IRModule") -> "tvm.IRModule":
 
 
 def _is_conv(call) -> bool:
-    return _is_op(call, "relax.nn.conv2d")
+    return is_op_call(call, "relax.nn.conv2d")
 
 
 def pad_depthwise_rows(mod: "tvm.IRModule", row_multiple: int, *, strided_from: int = 0) -> "tvm.IRModule":
@@ -297,18 +297,18 @@ def _stem_chain(call, lookup) -> tuple | None:
     from tvm_shuffle.schedules import stem
     from tvm_shuffle.tvm_compat import Constant
 
-    if not _is_op(call, "relax.nn.max_pool2d") or not _has_attrs(call.attrs, stem.POOL) or call.attrs.ceil_mode:
+    if not is_op_call(call, "relax.nn.max_pool2d") or not _has_attrs(call.attrs, stem.POOL) or call.attrs.ceil_mode:
         return None
     if call.attrs.layout != "NCHW" or call.ty.dtype != "float32":
         return None
     relu = lookup(call.args[0]) if isinstance(call.args[0], relax.Var) else None
-    if not _is_op(relu, "relax.nn.relu") or not isinstance(relu.args[0], relax.Var):
+    if not is_op_call(relu, "relax.nn.relu") or not isinstance(relu.args[0], relax.Var):
         return None
     add = lookup(relu.args[0])
-    if not _is_op(add, "relax.add") or not isinstance(add.args[0], relax.Var) or not isinstance(add.args[1], Constant):
+    if not is_op_call(add, "relax.add") or not isinstance(add.args[0], relax.Var) or not isinstance(add.args[1], Constant):
         return None
     conv = lookup(add.args[0])
-    if not _is_op(conv, "relax.nn.conv2d") or not isinstance(conv.args[1], Constant):
+    if not is_op_call(conv, "relax.nn.conv2d") or not isinstance(conv.args[1], Constant):
         return None
     attrs, weight, bias = conv.attrs, conv.args[1], add.args[1]
     channels = int(weight.ty.shape.values[0])
@@ -318,10 +318,6 @@ def _stem_chain(call, lookup) -> tuple | None:
             or tuple(int(v) for v in bias.ty.shape.values) != (1, channels, 1, 1)):
         return None
     return conv.args[0], weight, bias
-
-
-def _is_op(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def _has_attrs(attrs, wanted: dict) -> bool:
@@ -361,7 +357,7 @@ def mark_layout_free_weights(mod: "tvm.IRModule") -> "tvm.IRModule":
 
 
 def _is_depthwise_nchw(call) -> bool:
-    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+    if not is_op_call(call, "relax.nn.conv2d"):
         return False
     attrs = call.attrs
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout not in ("NCHW", ""):

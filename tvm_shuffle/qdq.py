@@ -56,7 +56,7 @@ import dataclasses
 import numpy as np
 
 from tvm_shuffle.quantize import fp32_operators, s8_conv, s8_dense
-from tvm_shuffle.relax_rewrite import rewrite_calls
+from tvm_shuffle.relax_rewrite import is_op_call, rewrite_calls
 from tvm_shuffle.schedules import int8
 from tvm_shuffle.tvm_compat import Constant, relax, tvm
 
@@ -113,7 +113,7 @@ def carries_quantization(mod: "tvm.IRModule") -> bool:
     found = []
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == QUANTIZE:
+        if is_op_call(expr, QUANTIZE):
             found.append(expr)
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
@@ -149,7 +149,7 @@ def _op(expr, lookup, name: str):
         if bound is None:
             return None
         expr = bound
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
+    if is_op_call(expr, name):
         return expr
     return None
 
@@ -236,7 +236,7 @@ def _dense_weight(expr, lookup, out_features: int) -> tuple[np.ndarray, np.ndarr
 
 def _int8_plan(call, lookup) -> tuple | None:
     """``(x, s8 weights, multiplier, InputQuant)`` for a conv2d of quantized input and weights that the int8 kernel computes."""
-    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+    if not is_op_call(call, "relax.nn.conv2d"):
         return None
     attrs = call.attrs
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout not in ("NCHW", ""):
@@ -256,7 +256,7 @@ def _int8_plan(call, lookup) -> tuple | None:
 
 def _dense_plan(call, lookup) -> tuple | None:
     """``(x, s8 O x K weights, per-output scales, InputQuant, dequantize scale)`` for a fully connected layer of quantized input and weights."""
-    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+    if not is_op_call(call, "relax.matmul"):
         return None
     data, weight = call.args
     if data.ty.ndim != 2 or weight.ty.ndim != 2 or str(call.ty.dtype) != "float32":

@@ -36,7 +36,7 @@ import numpy as np
 
 from tvm_shuffle import precisions
 from tvm_shuffle.errors import UserError
-from tvm_shuffle.relax_rewrite import rewrite_calls
+from tvm_shuffle.relax_rewrite import is_op_call, rewrite_calls
 from tvm_shuffle.schedules import int8
 from tvm_shuffle.tvm_compat import Constant, relax, tvm
 
@@ -165,7 +165,7 @@ def _load_images(directory: Path, shape: tuple) -> np.ndarray:
 
 def int8_able(call) -> bool:
     """A conv2d :mod:`tvm_shuffle.schedules.int8` computes: dense 1x1, stride 1, NCHW, constant fp32 weights."""
-    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+    if not is_op_call(call, "relax.nn.conv2d"):
         return False
     weight = call.args[1]
     attrs = call.attrs
@@ -177,7 +177,7 @@ def int8_able(call) -> bool:
 
 def int8_able_dense(call) -> bool:
     """A fully connected layer :mod:`tvm_shuffle.schedules.int8_dense` computes: ``matmul(x, W)``, x 2-D, W a constant fp32 K x O."""
-    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+    if not is_op_call(call, "relax.matmul"):
         return False
     data, weight = call.args
     return (isinstance(weight, Constant) and str(weight.ty.dtype) == "float32" and len(weight.ty.shape.values) == 2

@@ -25,6 +25,11 @@ def rewrite_calls(mod: "tvm.IRModule", rewrite) -> "tvm.IRModule":
     return rewriter.builder_.get()
 
 
+def is_op_call(expr, name: str) -> bool:
+    """Whether ``expr`` is a call of the Relax operator ``name`` (``"relax.nn.conv2d"``)."""
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
 def rewrite_matches(mod: "tvm.IRModule", pattern, rewrite) -> "tvm.IRModule":
     """``mod`` with every match of the dataflow ``pattern`` in its Relax functions replaced by ``rewrite(expr, matches)``."""
     from tvm.relax.dpl import rewrite_call
@@ -52,4 +57,4 @@ def constant_bytes(mod: "tvm.IRModule") -> int:
     return sum(seen.values())
 
 
-__all__ = ["rewrite_calls", "rewrite_matches", "constant_bytes"]
+__all__ = ["is_op_call", "rewrite_calls", "rewrite_matches", "constant_bytes"]
